@@ -1,0 +1,1 @@
+"""Body models: SMPL through smplx, or the generated proxy body in SMPL's format; OpenPose joints."""

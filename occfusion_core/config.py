@@ -1,0 +1,232 @@
+"""Typed configs, one dataclass per stage, with a docstring per field.
+
+The workflow's ``config.yaml`` is validated against ``schemas/config.schema.yaml`` before any job
+starts; the Snakefile then hands each rule the merged dict for its stage (defaults < stage section <
+variant overrides), and the rule's script turns it into one of these dataclasses with
+:func:`from_dict`, which refuses unknown keys by name. ``tests/test_config.py`` keeps the schema and
+these dataclasses in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key."""
+
+
+def from_dict(cls: type[T], data: dict | None, where: str = "config") -> T:
+    """Build dataclass ``cls`` from ``data``, recursing into nested dataclass fields.
+
+    Raises:
+        ConfigError: naming ``where.key`` for an unknown key.
+    """
+    data = dict(data or {})
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(repr(k) for k in unknown)}; "
+                          f"known: {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, value in data.items():
+        f = names[key]
+        sub = _dataclass_type(f)
+        if sub is not None and isinstance(value, dict):
+            value = from_dict(sub, value, f"{where}.{key}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def merge(*dicts: dict | None) -> dict:
+    """Recursive merge, later dicts win; nested dicts merge key by key."""
+    out: dict = {}
+    for d in dicts:
+        for k, v in (d or {}).items():
+            if isinstance(v, dict) and isinstance(out.get(k), dict):
+                out[k] = merge(out[k], v)
+            else:
+                out[k] = v
+    return out
+
+
+def _dataclass_type(f: dataclasses.Field):
+    t = f.type
+    if isinstance(t, str):
+        t = _TYPES.get(t.replace("Optional[", "").rstrip("]"))
+    return t if dataclasses.is_dataclass(t) else None
+
+
+@dataclass
+class BodyModelConfig:
+    path: Optional[str] = None
+    """A user's SMPL model file (e.g. SMPL_NEUTRAL.pkl). None: the generated proxy body."""
+    proxy_grid_mm: float = 20.0
+    """Proxy body: marching-cubes grid step in millimetres (smaller = more vertices)."""
+
+
+@dataclass
+class SyntheticConfig:
+    frames: int = 50
+    """Number of training frames."""
+    width: int = 128
+    """Image width in pixels."""
+    height: int = 128
+    """Image height in pixels."""
+    occlusion: str = "zju_band"
+    """'zju_band' (central band of the person hidden in the first frames), 'object' (a textured box
+    moving in front of the person) or 'none'."""
+    occluded_frames_fraction: float = 0.8
+    """Fraction of frames, from the first, that carry the occlusion (ZJU-MoCap protocol: 0.8)."""
+    band_width_fraction: float = 0.5
+    """zju_band: width of the hidden band as a fraction of the person's width (protocol: 0.5)."""
+    seed: int = 0
+    """Random seed: same seed, same files."""
+    pose_noise_deg: float = 0.0
+    """Std of Gaussian noise (degrees) added to every joint rotation written to metadata."""
+    trans_noise_m: float = 0.0
+    """Std of Gaussian noise (metres) added to the translation written to metadata."""
+    turns: float = 1.0
+    """Full turns of the body about the vertical axis over the sequence."""
+    camera_distance: float = 3.0
+    """Training camera distance to the body (metres)."""
+    fov_deg: float = 40.0
+    """Vertical field of view of every camera."""
+    heldout_views: int = 4
+    """Number of held-out cameras on a circle around the subject (training azimuth excluded)."""
+    heldout_every: int = 5
+    """Held-out views are rendered on every k-th frame."""
+    background: str = "studio"
+    """'studio' (textured wall and floor), 'white' or 'black'."""
+
+
+@dataclass
+class SDSConfig:
+    enabled: bool = False
+    """Use score distillation (stage 1)."""
+
+
+@dataclass
+class DensifyConfig:
+    enabled: bool = False
+    """KL-based clone/split/merge/prune (GauHuman); OccFusion stage 1 keeps it off."""
+    start_iter: int = 400
+    """First iteration (exclusive) at which densification may run."""
+    stop_iter: int = 1000
+    """Last iteration (exclusive) at which densification may run."""
+    interval: int = 100
+    """Iterations between densification steps."""
+    grad_threshold: float = 2e-4
+    """Mean screen-space position-gradient norm above which a Gaussian is densified."""
+    kl_threshold: float = 0.4
+    """Clone/split only where the KL divergence to the nearest neighbour exceeds this."""
+    merge_kl_threshold: float = 0.1
+    """Merge pairs whose KL divergence is below this."""
+    percent_dense: float = 0.01
+    """Scale (fraction of scene extent) that separates clone (small) from split (large)."""
+    min_opacity: float = 0.005
+    """Prune Gaussians whose opacity is below this."""
+    max_body_distance: float = 0.05
+    """Prune Gaussians farther than this (metres) from the nearest canonical body vertex."""
+
+
+@dataclass
+class OptimizeConfig:
+    iterations: int = 1200
+    """Optimisation steps."""
+    seed: int = 0
+    """Random seed."""
+    backend: str = "auto"
+    """Rasterizer backend: 'auto', 'torch', 'cpp', 'gsplat' or 'inria'."""
+    device: str = "auto"
+    """'auto' (cuda when available), 'cpu' or 'cuda'."""
+    loss_region: str = "visible"
+    """'visible': photometric losses on visible person pixels only (OccGauHuman); 'full': on the
+    whole frame with the non-person pixels set to the background (GauHuman)."""
+    mask_source: str = "visible"
+    """Target of the mask loss: 'visible' (input masks) or 'complete' (stage-0 masks)."""
+    lambda_l1: float = 1.0
+    """Weight of the L1 colour loss."""
+    lambda_mask: float = 2.0
+    """Weight of the squared alpha-vs-mask loss inside the projected body box."""
+    lambda_ssim: float = 0.1
+    """Weight of (1 - SSIM)."""
+    lambda_lpips: float = 0.1
+    """Weight of LPIPS-VGG; used only where lpips and its weights are available."""
+    sh_degree: int = 3
+    """Highest spherical-harmonics degree."""
+    sh_increase_every: int = 1000
+    """Raise the active SH degree every this many iterations."""
+    init_opacity: float = 0.1
+    """Initial opacity of every Gaussian."""
+    lr_position: float = 1.6e-4
+    """Initial learning rate of Gaussian centres (log-linear decay to lr_position_final)."""
+    lr_position_final: float = 1.6e-6
+    """Final learning rate of Gaussian centres at lr_position_steps."""
+    lr_position_steps: int = 30000
+    """Steps of the position learning-rate decay (GauHuman: 30000)."""
+    lr_feature: float = 2.5e-3
+    """Learning rate of SH DC colour; higher SH bands use 1/20 of it."""
+    lr_opacity: float = 0.05
+    """Learning rate of opacity logits."""
+    lr_scaling: float = 5e-3
+    """Learning rate of log-scales."""
+    lr_rotation: float = 1e-3
+    """Learning rate of rotation quaternions."""
+    lr_pose_refiner: float = 5e-5
+    """Learning rate of the pose-refinement MLP."""
+    lr_lbs_offset: float = 5e-5
+    """Learning rate of the skinning-weight offset network."""
+    pose_refiner: bool = True
+    """Learn per-frame joint-rotation corrections from the body pose (GauHuman)."""
+    lbs_offsets: bool = True
+    """Learn skinning-weight offsets on top of nearest-vertex weights (GauHuman)."""
+    background: list = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    """Background colour (RGB in [0, 1]); the paper trains on white."""
+    checkpoint_every: int = 200
+    """Write a resumable checkpoint every this many iterations."""
+    log_every: int = 50
+    """Log the loss terms every this many iterations."""
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+    """KL densification (off in OccFusion stage 1)."""
+    sds: SDSConfig = field(default_factory=SDSConfig)
+    """Score distillation on the silhouette (stage 1 of the full method)."""
+
+
+@dataclass
+class RenderConfig:
+    orbit_frames: int = 36
+    """Views of the 360-degree orbit."""
+    orbit_frame_index: int = 0
+    """Training frame whose pose is shown in the orbit."""
+    novel_pose_frames: int = 30
+    """Frames of the novel-pose sequence."""
+    novel_pose_motion: str = "dance"
+    """Motion of the novel-pose sequence: 'dance' or 'kick'."""
+    fps: int = 15
+    """Frame rate of the mp4 files."""
+    backend: str = "auto"
+    """Rasterizer backend (see OptimizeConfig.backend)."""
+
+
+@dataclass
+class MetricsConfig:
+    lpips: bool = True
+    """Compute LPIPS-VGG where the lpips package and its weights are available (else null + reason)."""
+    crop_to_body_box: bool = False
+    """GauHuman protocol: set pixels outside the projected body box to background before scoring."""
+
+
+_TYPES = {
+    c.__name__: c
+    for c in (BodyModelConfig, SyntheticConfig, SDSConfig, DensifyConfig, OptimizeConfig,
+              RenderConfig, MetricsConfig)
+}

@@ -1,0 +1,1 @@
+"""Animatable human Gaussians (GauHuman style), KNN and KL densification."""

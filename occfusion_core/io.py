@@ -1,0 +1,152 @@
+"""Files: images, masks, JSON, checkpoints, videos, always written atomically.
+
+A job killed midway must never leave a file that looks finished, so every writer here writes to a
+temporary file in the same folder and renames it into place (rename is atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+class InputError(ValueError):
+    """Bad user input: the message names the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike | None, problem: str):
+        self.path = None if path is None else str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = suffix if suffix is not None else "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int = 1) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent, allow_nan=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file is missing")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(path, f"not valid JSON ({err})") from err
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an RGB image as uint8 (H, W, 3). Grey images are expanded, alpha is dropped."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "image file is missing")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise InputError(path, f"cannot read image ({err})") from err
+    return arr
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a binary mask as bool (H, W). Multi-channel masks use channel 0 (OcMotion stores 3)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "mask file is missing")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise InputError(path, f"cannot read mask ({err})") from err
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    return arr > 127 if arr.dtype == np.uint8 else arr > 0
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write uint8 (H, W), (H, W, 3) or (H, W, 4), or float in [0, 1], as PNG."""
+    from PIL import Image
+
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
+
+
+def write_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
+    """Write a bool/0-1 mask as a single-channel 0/255 PNG."""
+    write_image(path, (np.asarray(mask) > 0.5).astype(np.uint8) * 255)
+
+
+def write_video(path: str | os.PathLike, frames: list[np.ndarray] | np.ndarray, fps: int = 15) -> None:
+    """Write frames (uint8 or float in [0, 1], (H, W, 3)) as an H.264 mp4 through imageio-ffmpeg."""
+    import imageio.v2 as imageio
+
+    frames = [np.asarray(f) for f in frames]
+    frames = [
+        f if f.dtype == np.uint8 else (np.clip(f, 0, 1) * 255 + 0.5).astype(np.uint8) for f in frames
+    ]
+    # libx264 with yuv420p needs even sizes: pad by edge replication rather than resample.
+    h, w = frames[0].shape[:2]
+    ph, pw = h % 2, w % 2
+    if ph or pw:
+        frames = [np.pad(f, ((0, ph), (0, pw), (0, 0)), mode="edge") for f in frames]
+    with atomic_path(path, suffix=".mp4") as tmp:
+        writer = imageio.get_writer(
+            tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1, ffmpeg_log_level="error"
+        )
+        try:
+            for f in frames:
+                writer.append_data(f)
+        finally:
+            writer.close()
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_torch(path: str | os.PathLike, map_location: str = "cpu") -> Any:
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "checkpoint is missing")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # torch raises many types for a truncated/corrupt file
+        raise InputError(path, f"cannot load checkpoint ({type(err).__name__}: {err})") from err

@@ -1,0 +1,1 @@
+"""Generative priors: diffusion models, score distillation, inpainting, segmentation."""

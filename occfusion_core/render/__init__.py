@@ -1,0 +1,1 @@
+"""Cameras and rasterizers (Gaussians and triangle meshes)."""

@@ -1,0 +1,1 @@
+"""Rasterizer backends chosen by name (see occfusion_core.render.rasterize)."""

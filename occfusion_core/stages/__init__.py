@@ -1,0 +1,1 @@
+"""One function per DAG stage: input paths + a config -> output paths."""
