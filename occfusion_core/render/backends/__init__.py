@@ -1,1 +1,135 @@
-"""Rasterizer backends chosen by name (see occfusion_core.render.rasterize)."""
+"""Rasterizer backends, chosen by name.
+
+Two kinds of backend exist:
+
+- a *pixel* backend implements only the compositing step,
+  ``fn(means2d (N,2), conics (N,3), colors (N,C), opacities (N,), depths (N,), radii (N,2) int,
+  width, height) -> (image (H,W,C), alpha (H,W,1))``, with the exact semantics documented in
+  :func:`occfusion_core.render.rasterize.rasterize_to_pixels`; projection and SH run in torch.
+- a *full* backend replaces the whole of :func:`occfusion_core.render.rasterize.rasterize`:
+  ``fn(means, opacities, camera, *, quats, scales, covars, colors, sh, sh_degree, background,
+  eps2d, near, far) -> RenderOutput`` (inputs already validated; exactly one of (quats, scales) /
+  covars and one of colors / sh is not None).
+
+Built-in backends live in modules of this package that are imported only when first asked for, so
+a missing compiler or CUDA never breaks ``import occfusion_core``. Such a module registers itself at
+import time with :func:`register_pixel_backend` / :func:`register_full_backend`; when it cannot
+work on this machine (no CUDA, extension fails to compile) it raises instead, and the reason is
+logged once and remembered.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# name -> module that registers it on import.
+BUILTIN_BACKEND_MODULES: dict[str, str] = {
+    "torch": "occfusion_core.render.backends.torch_ref",
+    "cpp": "occfusion_core.render.backends.cpp",
+    "gsplat": "occfusion_core.render.backends.gsplat_cuda",
+    "inria": "occfusion_core.render.backends.inria_cuda",
+}
+# What "auto" tries, fastest first; "torch" always loads, so "auto" always resolves.
+AUTO_PREFERENCE: tuple[str, ...] = ("gsplat", "cpp", "torch")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One registered backend.
+
+    Attributes:
+        name: registry key.
+        kind: "pixel" (compositing only) or "full" (whole render).
+        fn: the callable described in the module docstring.
+        devices: device types it runs on ("cpu", "cuda"); None = any.
+    """
+
+    name: str
+    kind: Literal["pixel", "full"]
+    fn: Callable
+    devices: tuple[str, ...] | None = None
+
+    def supports(self, device: torch.device | str | None) -> bool:
+        return device is None or self.devices is None or torch.device(device).type in self.devices
+
+
+_REGISTRY: dict[str, Backend] = {}
+_LOAD_FAILURES: dict[str, str] = {}  # name -> reason; each logged once
+
+
+def register_pixel_backend(name: str, fn: Callable, *, devices: tuple[str, ...] | None = None) -> None:
+    """Register (or replace) a compositing-only backend; see the module docstring for ``fn``."""
+    _REGISTRY[name] = Backend(name, "pixel", fn, devices)
+    _LOAD_FAILURES.pop(name, None)
+
+
+def register_full_backend(name: str, fn: Callable, *, devices: tuple[str, ...] | None = None) -> None:
+    """Register (or replace) a backend that renders from 3D Gaussians itself."""
+    _REGISTRY[name] = Backend(name, "full", fn, devices)
+    _LOAD_FAILURES.pop(name, None)
+
+
+def _try_load(name: str) -> bool:
+    """Make ``name`` registered if possible; False (reason logged once) when it cannot be."""
+    if name in _REGISTRY:
+        return True
+    if name in _LOAD_FAILURES or name not in BUILTIN_BACKEND_MODULES:
+        return False
+    module = BUILTIN_BACKEND_MODULES[name]
+    try:
+        importlib.import_module(module)
+        if name not in _REGISTRY:
+            raise RuntimeError(f"module {module} imported but did not register backend {name!r}")
+    except Exception as err:  # noqa: BLE001 - any failure just makes the backend unavailable
+        reason = f"{type(err).__name__}: {err}"
+        _LOAD_FAILURES[name] = reason
+        log.warning("rasterizer backend %r unavailable (%s)", name, reason)
+        return False
+    return True
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that load on this machine, preferred ones first."""
+    for name in BUILTIN_BACKEND_MODULES:
+        _try_load(name)
+    preferred = [n for n in AUTO_PREFERENCE if n in _REGISTRY]
+    return preferred + sorted(n for n in _REGISTRY if n not in preferred)
+
+
+def resolve_backend(name: str, *, device: torch.device | str | None = None) -> str:
+    """The registered backend name that ``name`` stands for.
+
+    Args:
+        name: a backend name, or "auto" for the fastest one that loads (gsplat, cpp, torch).
+        device: when given, "auto" skips backends that cannot run there, and an explicit name that
+            cannot run there is an error.
+
+    Raises:
+        ValueError: unknown name, or a backend that does not run on ``device``.
+        RuntimeError: a known backend that failed to load (the message carries the reason).
+    """
+    if name == "auto":
+        for candidate in AUTO_PREFERENCE:
+            if _try_load(candidate) and _REGISTRY[candidate].supports(device):
+                return candidate
+        raise RuntimeError(f"no rasterizer backend in {AUTO_PREFERENCE} loads: {_LOAD_FAILURES}")
+    if name not in _REGISTRY and name not in BUILTIN_BACKEND_MODULES:
+        known = sorted(set(_REGISTRY) | set(BUILTIN_BACKEND_MODULES) | {"auto"})
+        raise ValueError(f"unknown rasterizer backend {name!r}; known: {known}")
+    if not _try_load(name):
+        raise RuntimeError(f"rasterizer backend {name!r} is unavailable: {_LOAD_FAILURES[name]}")
+    if not _REGISTRY[name].supports(device):
+        raise ValueError(f"rasterizer backend {name!r} runs on {_REGISTRY[name].devices}, not on {device}")
+    return name
+
+
+def get_backend(name: str, *, device: torch.device | str | None = None) -> Backend:
+    """The :class:`Backend` that ``name`` (possibly "auto") resolves to."""
+    return _REGISTRY[resolve_backend(name, device=device)]

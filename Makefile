@@ -1,0 +1,40 @@
+# Two commands: `make demo` (set up, then run the DAG on the embedded subject) and `make test`.
+# Both create .venv when it is missing. GPU users: `make demo TORCH=torch` keeps pip's CUDA build.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.occfusion-installed
+CORES ?= all
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint report clean-results
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet "$(TORCH)" -e ".[workflow,diffusion,test]"
+	@# gsplat is the oracle of the rasterizer tests (its torch reference runs on CPU)
+	$(PY) -m pip install --quiet "$(TORCH)" "gsplat==1.5.3" packaging
+	@# the compiled CPU rasterizer; without a compiler the torch reference runs (and says so)
+	$(PY) -m occfusion_core.render.backends.cpp --build || echo "note: C++ rasterizer not built; the torch reference backend will be used"
+	@touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=1
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/snakemake --lint
+
+report: install
+	$(VENV)/bin/snakemake --report results/report.html
+
+clean-results:
+	rm -rf results/*/ results/summary.* results/logs results/benchmarks .snakemake

@@ -1,0 +1,405 @@
+"""Animatable human Gaussians: canonical big-pose Gaussians + per-frame LBS deformation (GauHuman).
+
+Reference §6.1–6.3. The Gaussians live in the canonical space of the mean-shape (β = 0) body in
+the "big pose" (legs spread, arms in T-pose) and start on its vertices. A frame is rendered by
+moving every Gaussian with the skinning of its nearest canonical body vertex: big pose -> T pose
+(inverse of the blended big-pose bone transforms), swap that vertex's pose-blend offset for the
+frame's, add its shape offset, then the frame's blended bone transforms and translation. Optional
+learned parts: per-frame joint-rotation corrections (:class:`BodyPoseRefiner`) and skinning-weight
+logit offsets (:class:`LBSOffsetDecoder`).
+
+Skinning goes through ``smplx.lbs`` (Rodrigues, blend shapes, joint regression, kinematic chain).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from smplx.lbs import batch_rigid_transform, batch_rodrigues, blend_shapes, vertices2joints
+from torch import nn
+
+from occfusion_core.body.model import big_pose
+from occfusion_core.config import OptimizeConfig
+from occfusion_core.gaussians.knn import init_scales, knn
+from occfusion_core.gaussians.networks import BodyPoseRefiner, LBSOffsetDecoder
+
+if TYPE_CHECKING:
+    from occfusion_core.body.model import BodyModel
+
+SH_C0 = 0.28209479177387814
+"""Degree-0 real spherical-harmonic constant 1 / (2 sqrt(pi))."""
+
+CAPTURE_FORMAT = "occfusion.human_gaussians/1"
+
+GAUSSIAN_GROUPS: dict[str, str] = {
+    "xyz": "xyz",
+    "f_dc": "features_dc",
+    "f_rest": "features_rest",
+    "opacity": "opacity",
+    "scaling": "scaling",
+    "rotation": "rotation",
+}
+"""Optimizer group name -> attribute of the per-Gaussian parameter (one row per Gaussian)."""
+
+
+def rgb_to_sh(rgb: torch.Tensor | float) -> torch.Tensor | float:
+    """Colour in [0, 1] -> SH DC coefficient that renders it (3DGS convention, +0.5 offset)."""
+    return (rgb - 0.5) / SH_C0
+
+
+def inverse_sigmoid(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def quaternion_to_matrix(quats: torch.Tensor) -> torch.Tensor:
+    """(..., 4) quaternions (w, x, y, z), any norm -> (..., 3, 3) rotation matrices."""
+    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
+    rows = [
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ]
+    return torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 3, 3)
+
+
+def covariance_from(log_scales: torch.Tensor, quats: torch.Tensor) -> torch.Tensor:
+    """Σ = R diag(s²) Rᵀ from (N, 3) log-scales and (N, 4) quaternions -> (N, 3, 3)."""
+    rs = quaternion_to_matrix(quats) * torch.exp(log_scales)[..., None, :]  # R @ diag(s)
+    return rs @ rs.transpose(-1, -2)
+
+
+def _invert_3x3(mats: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) -> inverses; ``inv_ex`` skips the error check that would sync a GPU each call."""
+    return torch.linalg.inv_ex(mats).inverse
+
+
+@dataclass
+class DeformedGaussians:
+    """Gaussians ready for the rasterizer, in world space (or centred canonical space).
+
+    Leading batch dims ``...`` are () for one pose and (B,) for a batch of poses.
+
+    Attributes:
+        means: (..., N, 3) centres.
+        covars: (..., N, 3, 3) covariances.
+        opacities: (N,) in (0, 1).
+        sh: (N, K, 3) SH coefficients, K = (max degree + 1)²; the rasterizer uses the first
+            (sh_degree + 1)².
+        sh_degree: active SH degree.
+        transforms: (..., N, 3, 3) linear part that took canonical covariances to these.
+    """
+
+    means: torch.Tensor
+    covars: torch.Tensor
+    opacities: torch.Tensor
+    sh: torch.Tensor
+    sh_degree: int
+    transforms: torch.Tensor
+
+
+class HumanGaussians(nn.Module):
+    """Canonical big-pose Gaussians with GauHuman's skinning-based deformation.
+
+    Per-Gaussian parameters (N rows; N changes with densification):
+        xyz (N, 3) canonical centres; features_dc (N, 1, 3); features_rest (N, K - 1, 3);
+        scaling (N, 3) log-scales; rotation (N, 4) quaternions (w, x, y, z), unnormalised;
+        opacity (N, 1) logits.
+    Networks: ``pose_refiner`` (:class:`BodyPoseRefiner` or None), ``lbs_offset_decoder``
+    (:class:`LBSOffsetDecoder` or None).
+    Body buffers (copied from the body model, not saved by :meth:`capture`): big-pose vertices,
+    bone transforms and pose-blend offsets, template, blend shapes, joint regressor, weights.
+    """
+
+    def __init__(self, body: "BodyModel", sh_degree: int = 3, init_opacity: float = 0.1,
+                 pose_refiner: bool = True, lbs_offsets: bool = True):
+        super().__init__()
+        self.max_sh_degree = int(sh_degree)
+        self.active_sh_degree = 0
+        v_template = body.v_template.detach()
+        dtype, device = v_template.dtype, v_template.device
+        num_vertices = v_template.shape[0]
+        num_betas = body.shapedirs.shape[-1]
+        self.num_joints = body.lbs_weights.shape[1]
+
+        def body_buffer(name: str, value: torch.Tensor) -> None:
+            # Not persistent: they come from the body model, which a checkpoint does not replace.
+            self.register_buffer(name, value.detach().to(device=device, dtype=dtype).contiguous(), persistent=False)
+
+        body_buffer("v_template", v_template)
+        body_buffer("shapedirs", body.shapedirs)  # (V, 3, num_betas)
+        # smplx layout (P, V*3): pose feature (B, P) @ posedirs -> (B, V*3).
+        body_buffer("posedirs", body.posedirs.reshape(num_vertices * 3, -1).T)
+        body_buffer("J_regressor", body.J_regressor)  # (J, V)
+        body_buffer("lbs_weights", body.lbs_weights)  # (V, J)
+        # The kinematic chain is walked joint by joint in Python; keeping the parents on the CPU
+        # avoids one device sync per joint.
+        self.parents = body.parents.detach().to("cpu", torch.long).clone()
+
+        big = torch.as_tensor(big_pose(), dtype=dtype, device=device).reshape(1, -1)
+        zero_betas = torch.zeros(1, num_betas, dtype=dtype, device=device)
+        with torch.no_grad():
+            vertices = body(big, zero_betas, torch.zeros(1, 3, dtype=dtype, device=device)).vertices[0]
+            big_rot = batch_rodrigues(big.reshape(-1, 3)).reshape(1, -1, 3, 3)
+            _, big_pose_offsets, big_transforms = self._pose_body(big_rot, zero_betas)
+        body_buffer("big_pose_vertices", vertices)  # (V, 3)
+        body_buffer("big_pose_offsets", big_pose_offsets[0])  # (V, 3)
+        body_buffer("big_pose_transforms", big_transforms[0])  # (J, 4, 4)
+
+        num_sh = (self.max_sh_degree + 1) ** 2
+        n = num_vertices
+        self.xyz = nn.Parameter(vertices.clone())
+        self.features_dc = nn.Parameter(torch.full((n, 1, 3), rgb_to_sh(0.5), dtype=dtype, device=device))
+        self.features_rest = nn.Parameter(torch.zeros((n, num_sh - 1, 3), dtype=dtype, device=device))
+        self.scaling = nn.Parameter(init_scales(vertices))
+        rotation = torch.zeros((n, 4), dtype=dtype, device=device)
+        rotation[:, 0] = 1.0
+        self.rotation = nn.Parameter(rotation)
+        self.opacity = nn.Parameter(torch.full((n, 1), inverse_sigmoid(init_opacity), dtype=dtype, device=device))
+
+        self.pose_refiner = BodyPoseRefiner(embedding_size=3 * (self.num_joints - 1)).to(device, dtype) \
+            if pose_refiner else None
+        self.lbs_offset_decoder = LBSOffsetDecoder(total_bones=self.num_joints).to(device, dtype) \
+            if lbs_offsets else None
+
+    # ------------------------------------------------------------------ accessors
+
+    @property
+    def num_gaussians(self) -> int:
+        return self.xyz.shape[0]
+
+    @property
+    def num_body_vertices(self) -> int:
+        return self.v_template.shape[0]
+
+    def scales(self) -> torch.Tensor:
+        """(N, 3) scales (exp of the log-scale parameters)."""
+        return torch.exp(self.scaling)
+
+    def opacities(self) -> torch.Tensor:
+        """(N,) opacities in (0, 1)."""
+        return torch.sigmoid(self.opacity)[:, 0]
+
+    def sh(self) -> torch.Tensor:
+        """(N, (max_sh_degree + 1)², 3) SH coefficients."""
+        return torch.cat([self.features_dc, self.features_rest], dim=1)
+
+    def canonical_covariances(self) -> torch.Tensor:
+        """(N, 3, 3) covariances in canonical space."""
+        return covariance_from(self.scaling, self.rotation)
+
+    def oneup_sh_degree(self) -> None:
+        """Raise the active SH degree by one, up to the maximum."""
+        self.active_sh_degree = min(self.active_sh_degree + 1, self.max_sh_degree)
+
+    def gaussian_parameters(self) -> dict[str, nn.Parameter]:
+        """Optimizer group name -> per-Gaussian parameter (see ``GAUSSIAN_GROUPS``)."""
+        return {group: getattr(self, attr) for group, attr in GAUSSIAN_GROUPS.items()}
+
+    def set_gaussian_parameters(self, params: dict[str, torch.Tensor]) -> None:
+        """Replace all per-Gaussian parameters at once (densification, restore); rows must agree."""
+        if set(params) != set(GAUSSIAN_GROUPS):
+            raise ValueError(f"need exactly the groups {sorted(GAUSSIAN_GROUPS)}, got {sorted(params)}")
+        counts = {group: value.shape[0] for group, value in params.items()}
+        if len(set(counts.values())) != 1:
+            raise ValueError(f"per-Gaussian parameters disagree on N: {counts}")
+        for group, value in params.items():
+            setattr(self, GAUSSIAN_GROUPS[group], value if isinstance(value, nn.Parameter) else nn.Parameter(value))
+
+    # ------------------------------------------------------------------ deformation
+
+    @torch.no_grad()
+    def nearest_vertex(self, points: torch.Tensor) -> torch.Tensor:
+        """(N, 3) canonical points -> (N,) index of the nearest big-pose body vertex."""
+        return knn(points.detach(), self.big_pose_vertices, 1)[1][:, 0]
+
+    def skinning_weights(self, nearest: torch.Tensor) -> torch.Tensor:
+        """(N,) nearest-vertex indices -> (N, J) skinning weights of the current Gaussians.
+
+        With the offset decoder: softmax(log(W_body[nearest] + 1e-9) + ΔW(xyz)), ΔW fed the
+        detached centres (GauHuman), so the decoder learns from the deformed geometry while the
+        centres get no gradient through their encoding.
+        """
+        body_weights = self.lbs_weights[nearest]
+        if self.lbs_offset_decoder is None:
+            return body_weights
+        logits = torch.log(body_weights + 1e-9) + self.lbs_offset_decoder(self.xyz.detach())
+        return torch.softmax(logits, dim=-1)
+
+    def _pose_body(self, rot_mats: torch.Tensor, betas: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-vertex shape and pose-blend offsets and bone transforms of a shaped, posed body.
+
+        Args:
+            rot_mats: (B, J, 3, 3) joint rotations (root first).
+            betas: (B, num_betas).
+
+        Returns:
+            shape_offsets: (B, V, 3); pose_offsets: (B, V, 3);
+            transforms: (B, J, 4, 4) smplx relative bone transforms (rest pose -> posed, joints of
+            the β-shaped template).
+        """
+        batch = rot_mats.shape[0]
+        shape_offsets = blend_shapes(betas, self.shapedirs)
+        joints = vertices2joints(self.J_regressor, self.v_template + shape_offsets)
+        eye = torch.eye(3, dtype=rot_mats.dtype, device=rot_mats.device)
+        pose_feature = (rot_mats[:, 1:] - eye).reshape(batch, -1)
+        pose_offsets = (pose_feature @ self.posedirs).reshape(batch, -1, 3)
+        _, transforms = batch_rigid_transform(rot_mats, joints, self.parents, dtype=rot_mats.dtype)
+        return shape_offsets, pose_offsets, transforms
+
+    def _as_batch(self, value: torch.Tensor | Any, size: int, batch: int | None) -> torch.Tensor:
+        value = torch.as_tensor(value, dtype=self.xyz.dtype, device=self.xyz.device).reshape(-1, size)
+        return value if batch is None else value.expand(batch, size)
+
+    def deform(self, poses: torch.Tensor, betas: torch.Tensor | None = None,
+               trans: torch.Tensor | None = None) -> DeformedGaussians:
+        """Move the canonical Gaussians to a body pose in world space (reference §6.2).
+
+        OcMotion convention: the global rotation is ``poses[:3]``, world = SMPL space + ``trans``.
+
+        Args:
+            poses: (72,) or (B, 72) axis-angle per joint, root first.
+            betas: (10,) or (B, 10) shape coefficients; None = mean shape.
+            trans: (3,) or (B, 3) translation; None = zero.
+
+        Returns:
+            :class:`DeformedGaussians` with batch dims () for a (72,) pose, (B,) for (B, 72).
+        """
+        single = torch.as_tensor(poses).ndim == 1
+        poses = self._as_batch(poses, 3 * self.num_joints, None)
+        batch = poses.shape[0]
+        num_betas = self.shapedirs.shape[-1]
+        betas = self._as_batch(torch.zeros(num_betas) if betas is None else betas, num_betas, batch)
+        trans = self._as_batch(torch.zeros(3) if trans is None else trans, 3, batch)
+
+        nearest = self.nearest_vertex(self.xyz)  # (N,)
+        weights = self.skinning_weights(nearest)  # (N, J)
+
+        # Big pose -> T pose with the inverse of the blended big-pose bone transform.
+        big = (weights @ self.big_pose_transforms.reshape(self.num_joints, 16)).reshape(-1, 4, 4)
+        big_linear_inv = _invert_3x3(big[:, :3, :3])  # (N, 3, 3)
+        rest = (big_linear_inv @ (self.xyz - big[:, :3, 3])[..., None])[..., 0]
+        rest = rest - self.big_pose_offsets[nearest]
+
+        # Target pose: joint rotations, non-root ones corrected by the refiner.
+        rot_mats = batch_rodrigues(poses.reshape(-1, 3)).reshape(batch, self.num_joints, 3, 3)
+        if self.pose_refiner is not None:
+            corrections = self.pose_refiner(poses[:, 3:])  # (B, J-1, 3, 3)
+            rot_mats = torch.cat([rot_mats[:, :1], rot_mats[:, 1:] @ corrections], dim=1)
+        shape_offsets, pose_offsets, transforms = self._pose_body(rot_mats, betas)
+        rest = rest + shape_offsets[:, nearest] + pose_offsets[:, nearest]  # (B, N, 3)
+
+        target = (weights @ transforms.reshape(batch, self.num_joints, 16)).reshape(batch, -1, 4, 4)
+        means = (target[..., :3, :3] @ rest[..., None])[..., 0] + target[..., :3, 3] + trans[:, None]
+        linear = target[..., :3, :3] @ big_linear_inv  # (B, N, 3, 3)
+        covars = linear @ self.canonical_covariances() @ linear.transpose(-1, -2)
+        if single:
+            means, covars, linear = means[0], covars[0], linear[0]
+        return DeformedGaussians(means=means, covars=covars, opacities=self.opacities(), sh=self.sh(),
+                                 sh_degree=self.active_sh_degree, transforms=linear)
+
+    def canonical(self, center: bool = True) -> DeformedGaussians:
+        """The Gaussians in canonical (big-pose) space, no skinning (canonical-space SDS renders).
+
+        Args:
+            center: subtract the mean centre, so the body sits at the origin of the orbit cameras.
+        """
+        means = self.xyz - self.xyz.mean(dim=0, keepdim=True) if center else self.xyz
+        eye = torch.eye(3, dtype=self.xyz.dtype, device=self.xyz.device).expand(self.num_gaussians, 3, 3)
+        return DeformedGaussians(means=means, covars=self.canonical_covariances(), opacities=self.opacities(),
+                                 sh=self.sh(), sh_degree=self.active_sh_degree, transforms=eye)
+
+    # ------------------------------------------------------------------ optimisation
+
+    def param_groups(self, cfg: OptimizeConfig) -> list[dict]:
+        """Adam parameter groups with GauHuman's per-group learning rates (reference §3.2).
+
+        Use with ``torch.optim.Adam(groups, lr=0.0, eps=1e-15)`` (see :meth:`make_optimizer`); the
+        xyz rate then follows :meth:`position_lr` via :meth:`apply_position_lr`.
+        """
+        groups = [
+            {"name": "xyz", "params": [self.xyz], "lr": cfg.lr_position},
+            {"name": "f_dc", "params": [self.features_dc], "lr": cfg.lr_feature},
+            {"name": "f_rest", "params": [self.features_rest], "lr": cfg.lr_feature / 20.0},
+            {"name": "opacity", "params": [self.opacity], "lr": cfg.lr_opacity},
+            {"name": "scaling", "params": [self.scaling], "lr": cfg.lr_scaling},
+            {"name": "rotation", "params": [self.rotation], "lr": cfg.lr_rotation},
+        ]
+        if self.pose_refiner is not None:
+            groups.append({"name": "pose_refiner", "params": list(self.pose_refiner.parameters()),
+                           "lr": cfg.lr_pose_refiner})
+        if self.lbs_offset_decoder is not None:
+            groups.append({"name": "lbs_offset", "params": list(self.lbs_offset_decoder.parameters()),
+                           "lr": cfg.lr_lbs_offset})
+        return groups
+
+    def make_optimizer(self, cfg: OptimizeConfig) -> torch.optim.Adam:
+        """One Adam over :meth:`param_groups` with eps 1e-15 (3DGS/GauHuman)."""
+        return torch.optim.Adam(self.param_groups(cfg), lr=0.0, eps=1e-15)
+
+    @staticmethod
+    def position_lr(step: int, cfg: OptimizeConfig) -> float:
+        """Centre learning rate: log-linear from lr_position (step 0) to lr_position_final
+        (step >= lr_position_steps)."""
+        if step < 0 or (cfg.lr_position == 0.0 and cfg.lr_position_final == 0.0):
+            return 0.0
+        t = min(max(step / max(cfg.lr_position_steps, 1), 0.0), 1.0)
+        return math.exp(math.log(cfg.lr_position) * (1.0 - t) + math.log(cfg.lr_position_final) * t)
+
+    @classmethod
+    def apply_position_lr(cls, optimizer: torch.optim.Optimizer, step: int, cfg: OptimizeConfig) -> float:
+        """Set the "xyz" group's learning rate for ``step``; returns it."""
+        lr = cls.position_lr(step, cfg)
+        for group in optimizer.param_groups:
+            if group.get("name") == "xyz":
+                group["lr"] = lr
+        return lr
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def capture(self) -> dict:
+        """Everything needed to resume (not the optimizer, which the trainer saves).
+
+        The body buffers are left out; :meth:`restore` needs a model built on the same body.
+        """
+        return {
+            "format": CAPTURE_FORMAT,
+            "num_gaussians": self.num_gaussians,
+            "max_sh_degree": self.max_sh_degree,
+            "active_sh_degree": self.active_sh_degree,
+            "pose_refiner": self.pose_refiner is not None,
+            "lbs_offsets": self.lbs_offset_decoder is not None,
+            "num_body_vertices": self.num_body_vertices,
+            "state_dict": {k: v.detach().clone() for k, v in self.state_dict().items()},
+        }
+
+    def restore(self, captured: dict) -> None:
+        """Load a :meth:`capture` into this model, resizing the Gaussians to its N.
+
+        Raises:
+            ValueError: the capture is of another format, SH degree, network set or body.
+        """
+        if captured.get("format") != CAPTURE_FORMAT:
+            raise ValueError(f"not a HumanGaussians capture (format {captured.get('format')!r})")
+        expected = {"max_sh_degree": self.max_sh_degree, "pose_refiner": self.pose_refiner is not None,
+                    "lbs_offsets": self.lbs_offset_decoder is not None,
+                    "num_body_vertices": self.num_body_vertices}
+        wrong = {k: (captured[k], v) for k, v in expected.items() if captured[k] != v}
+        if wrong:
+            raise ValueError(f"capture does not fit this model (captured, model): {wrong}")
+        n = int(captured["num_gaussians"])
+        self.set_gaussian_parameters({group: p.new_empty((n, *p.shape[1:]))
+                                      for group, p in self.gaussian_parameters().items()})
+        self.load_state_dict(captured["state_dict"], strict=True)
+        self.active_sh_degree = int(captured["active_sh_degree"])
+
+    @classmethod
+    def from_capture(cls, body: "BodyModel", captured: dict) -> "HumanGaussians":
+        """Build a model on ``body`` with the capture's Gaussians (N as saved) and networks."""
+        model = cls(body, sh_degree=captured["max_sh_degree"], pose_refiner=captured["pose_refiner"],
+                    lbs_offsets=captured["lbs_offsets"])
+        model.restore(captured)
+        return model

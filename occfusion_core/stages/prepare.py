@@ -1,0 +1,50 @@
+"""Stage prepare_subject: any source -> the common sequence format (written as a whole or not at all)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from ..config import ConfigError, SyntheticConfig, from_dict
+
+log = logging.getLogger(__name__)
+
+
+def prepare_subject(source: dict, out_dir: str | os.PathLike, body_model_path: str | os.PathLike) -> dict:
+    """Write one subject into ``out_dir`` in the sequence format.
+
+    Args:
+        source: {"source": "synthetic" | "ocmotion", "options": {...that source's config...}}.
+        out_dir: the subject's ``data/`` folder; built in a temporary sibling and renamed into place,
+            so a killed job never leaves a half-written folder that looks finished.
+        body_model_path: SMPL-format file (the user's SMPL or the generated proxy).
+    """
+    kind, options = source["source"], source.get("options", {}) or {}
+    out_dir = Path(out_dir)
+    tmp_dir = out_dir.with_name(f".{out_dir.name}.partial")
+    if tmp_dir.exists():
+        shutil.rmtree(tmp_dir)
+    start = time.time()
+    if kind == "synthetic":
+        from ..body.model import load_body_model
+        from ..data.synthetic import generate_synthetic_subject
+
+        cfg = from_dict(SyntheticConfig, options, "synthetic")
+        summary = generate_synthetic_subject(tmp_dir, cfg, load_body_model(body_model_path))
+    elif kind == "ocmotion":
+        from ..data.ocmotion import prepare_ocmotion
+
+        summary = prepare_ocmotion(options["path"], tmp_dir,
+                                   frame_stride=options.get("frame_stride", 1),
+                                   max_frames=options.get("max_frames"),
+                                   scale=options.get("scale", 1.0))
+    else:
+        raise ConfigError(f"source: unknown kind '{kind}' (synthetic, ocmotion)")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp_dir, out_dir)
+    log.info("prepared %s subject in %.1f s: %s", kind, time.time() - start, summary)
+    return summary or {}

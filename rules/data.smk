@@ -1,0 +1,80 @@
+# Inputs: the body model, a subject in the common sequence format, its validation and overlay.
+
+
+rule build_body_model:
+    output:
+        "results/body_model/proxy_smpl.pkl",
+    params:
+        grid_mm=config.get("body_model", {}).get("proxy_grid_mm", 20.0),
+    log:
+        "results/logs/build_body_model.log",
+    benchmark:
+        "results/benchmarks/build_body_model.tsv"
+    conda:
+        "../envs/core.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../workflow_scripts/build_body_model.py"
+
+
+rule prepare_subject:
+    input:
+        body=body_model_file(),
+        code=core_code("data", "render/mesh", "body"),
+    output:
+        data=directory("results/{subject}/data"),
+    params:
+        source=source_config,
+    log:
+        "results/logs/prepare_subject/{subject}.log",
+    benchmark:
+        "results/benchmarks/prepare_subject/{subject}.tsv"
+    conda:
+        "../envs/core.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../workflow_scripts/prepare_subject.py"
+
+
+rule validate_subject:
+    input:
+        data="results/{subject}/data",
+    output:
+        report="results/{subject}/data_report.json",
+    log:
+        "results/logs/validate_subject/{subject}.log",
+    benchmark:
+        "results/benchmarks/validate_subject/{subject}.tsv"
+    conda:
+        "../envs/core.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../workflow_scripts/validate_subject.py"
+
+
+rule overlay:
+    input:
+        data="results/{subject}/data",
+        report="results/{subject}/data_report.json",
+        body=body_model_file(),
+    output:
+        frames=directory("results/{subject}/overlay"),
+        video="results/{subject}/overlay.mp4",
+    log:
+        "results/logs/overlay/{subject}.log",
+    benchmark:
+        "results/benchmarks/overlay/{subject}.tsv"
+    conda:
+        "../envs/core.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    script:
+        "../workflow_scripts/overlay.py"

@@ -1,0 +1,46 @@
+# Quality figures per subject and variant, and the table over all of them.
+
+
+rule metrics:
+    input:
+        data="results/{subject}/data",
+        model=final_model,
+        body=body_model_file(),
+        code=core_code("stages/metrics", "gaussians", "render"),
+    output:
+        metrics="results/{subject}/{variant}/metrics.json",
+    params:
+        cfg=lambda wc: stage_config("metrics", wc.variant),
+        variant_config=lambda wc: VARIANTS[wc.variant],
+    log:
+        "results/logs/metrics/{subject}.{variant}.log",
+    benchmark:
+        "results/benchmarks/metrics/{subject}.{variant}.tsv"
+    conda:
+        "../envs/core.yaml"
+    threads: gpu_threads()
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../workflow_scripts/metrics.py"
+
+
+rule summary:
+    input:
+        metrics=all_metrics(),
+    output:
+        table=report("results/summary.csv", category="Metrics", caption="../report/summary.rst"),
+        plot=report("results/summary.png", category="Metrics", caption="../report/summary.rst"),
+    log:
+        "results/logs/summary.log",
+    benchmark:
+        "results/benchmarks/summary.tsv"
+    conda:
+        "../envs/core.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../workflow_scripts/summary.py"

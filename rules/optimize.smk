@@ -1,0 +1,28 @@
+# Stage 1: fit animatable human Gaussians to the frames (resumes from its last checkpoint).
+
+
+rule optimize:
+    input:
+        data="results/{subject}/data",
+        report="results/{subject}/data_report.json",
+        body=body_model_file(),
+        code=core_code("stages/optimize", "gaussians", "render", "losses"),
+    output:
+        model="results/{subject}/{variant}/stage1/model.pt",
+        renders=directory("results/{subject}/{variant}/stage1/renders"),
+    params:
+        cfg=lambda wc: stage_config("optimize", wc.variant),
+        checkpoints="results/{subject}/{variant}/stage1/checkpoints",
+    log:
+        "results/logs/optimize/{subject}.{variant}.log",
+    benchmark:
+        "results/benchmarks/optimize/{subject}.{variant}.tsv"
+    conda:
+        "../envs/core.yaml"
+    threads: gpu_threads()
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=120,
+    script:
+        "../workflow_scripts/optimize.py"

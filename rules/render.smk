@@ -1,0 +1,26 @@
+# Renders of the final model: training frames, held-out views, 360-degree orbit, novel poses (+ mp4).
+
+
+rule render:
+    input:
+        data="results/{subject}/data",
+        model=final_model,
+        body=body_model_file(),
+        code=core_code("stages/render", "gaussians", "render"),
+    output:
+        renders=directory("results/{subject}/{variant}/renders"),
+    params:
+        cfg=lambda wc: stage_config("render", wc.variant),
+    log:
+        "results/logs/render/{subject}.{variant}.log",
+    benchmark:
+        "results/benchmarks/render/{subject}.{variant}.tsv"
+    conda:
+        "../envs/core.yaml"
+    threads: gpu_threads()
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../workflow_scripts/render.py"

@@ -1,0 +1,32 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def proxy_body_path(tmp_path_factory) -> Path:
+    """The proxy body written once per test session."""
+    from occfusion_core.body.proxy import write_proxy_smpl
+
+    return write_proxy_smpl(tmp_path_factory.mktemp("body") / "proxy_smpl.pkl")
+
+
+@pytest.fixture(scope="session")
+def proxy_body(proxy_body_path):
+    from occfusion_core.body.model import load_body_model
+
+    return load_body_model(proxy_body_path)
+
+
+def snakemake_bin() -> str:
+    return str(Path(sys.executable).with_name("snakemake"))
