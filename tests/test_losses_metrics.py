@@ -1,0 +1,77 @@
+"""Losses and metric helpers of the stages, held to independent computations."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
+
+from occfusion_core.losses import masked_mean, ssim_map
+from occfusion_core.render.camera import Camera, look_at
+from occfusion_core.stages.common import body_box_mask, mask_box
+from occfusion_core.stages.metrics import psnr, ssim_full, ssim_masked
+
+
+def test_ssim_map_matches_torchmetrics_away_from_the_border():
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(1, 3, 48, 40, generator=g)
+    b = (a + 0.1 * torch.randn(1, 3, 48, 40, generator=g)).clamp(0, 1)
+    ours = ssim_map(a, b)[..., 5:-5, 5:-5].mean()
+    ref = tm_ssim(a, b, data_range=1.0, kernel_size=11, sigma=1.5)
+    assert abs(float(ours) - float(ref)) < 2e-3
+    assert torch.allclose(ssim_map(a, a), torch.ones_like(a), atol=1e-4)
+
+
+def test_ssim_map_is_differentiable():
+    a = torch.rand(1, 3, 16, 16, requires_grad=True)
+    ssim_map(a, torch.rand(1, 3, 16, 16)).mean().backward()
+    assert a.grad is not None and torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
+
+
+def test_masked_mean_ignores_unmasked_pixels():
+    x = torch.zeros(4, 4, 3)
+    x[0, 0] = 9.0
+    m = torch.zeros(4, 4, 1, dtype=torch.bool)
+    m[1:, 1:] = True
+    assert float(masked_mean(x, m)) == 0.0
+    m[0, 0] = True
+    assert math.isclose(float(masked_mean(x, m)), 9.0 / 10, rel_tol=1e-6)
+
+
+def test_psnr_full_and_masked():
+    gt = np.zeros((8, 8, 3), np.float32)
+    pred = gt.copy()
+    pred[:4] = 0.1  # mse 0.01 on the top half
+    mask = np.zeros((8, 8), bool)
+    mask[:4] = True
+    assert math.isclose(psnr(pred, gt, mask), 20.0, rel_tol=1e-6)
+    assert math.isclose(psnr(pred, gt), -10 * math.log10(0.005), rel_tol=1e-6)
+    assert psnr(gt, gt) == float("inf")
+
+
+def test_ssim_helpers_agree_on_identical_images():
+    img = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)
+    assert ssim_full(img, img) == pytest.approx(1.0, abs=1e-5)
+    assert ssim_masked(img, img, np.ones((32, 32), bool)) == pytest.approx(1.0, abs=1e-4)
+    assert ssim_masked(img, 1 - img, np.ones((32, 32), bool)) < 0.5
+
+
+def test_body_box_mask_covers_projected_points_and_not_far_away():
+    K = torch.tensor([[50.0, 0, 32], [0, 50.0, 32], [0, 0, 1]])
+    cam = Camera(K, look_at((0, 0, 3), (0, 0, 0)), 64, 64)
+    verts = torch.tensor([[-0.2, -0.5, -0.1], [0.2, 0.5, 0.1], [0.0, 0.0, 0.0]])
+    box = body_box_mask(verts, cam, pad=0.0)
+    # the box of these points is the cuboid [-0.2,0.2]x[-0.5,0.5]x[-0.1,0.1]: its projection spans
+    # the front face (z=0.1 -> depth 2.9) at most; every mask pixel centre lies within it
+    corners = torch.tensor([[x, y, 0.1] for x in (-0.2, 0.2) for y in (-0.5, 0.5)])
+    uv, _ = cam.project(corners)
+    ys, xs = torch.nonzero(box, as_tuple=True)
+    assert (xs + 0.5 >= uv[:, 0].min()).all() and (xs + 0.5 <= uv[:, 0].max()).all()
+    assert (ys + 0.5 >= uv[:, 1].min()).all() and (ys + 0.5 <= uv[:, 1].max()).all()
+    area = float((uv[:, 0].max() - uv[:, 0].min()) * (uv[:, 1].max() - uv[:, 1].min()))
+    assert abs(int(box.sum()) - area) < 0.25 * area
+    assert box[32, 32]
+    assert not box[2, 2] and not box[32, 2]
+    x0, y0, x1, y1 = mask_box(box)
+    assert 26 <= x0 and x1 <= 38 and 20 <= y0 and y1 <= 44
