@@ -32,13 +32,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import scipy.optimize
 import scipy.sparse
 import scipy.sparse.csgraph
 
 from ..io import atomic_path
 
-PROXY_VERSION = 1
+PROXY_VERSION = 2
 """Bumped whenever the generated body changes, so that cached proxy files are rebuilt."""
 
 JOINT_NAMES = (
@@ -94,8 +93,8 @@ _KEYPOINT_MIRROR = {"leye": "reye", "lear": "rear", "lthumb": "rthumb", "lindex"
                     "LBigToe": "RBigToe", "LSmallToe": "RSmallToe", "LHeel": "RHeel"}
 
 _SMOOTH_UNION_M = 0.025  # blend radius of the smooth union between shapes
-_MEMBERSHIP_TEMPERATURE_M = 0.01  # softness of the vertex-to-chain assignment
-_MEMBERSHIP_FLOOR = 1e-4  # memberships below this are zero, so far-away chains have no influence
+_TRUNK_SMOOTH_UNION_M = 0.10  # the torso's parts blend wider (no waist notches)
+_MEMBERSHIP_BLEND_M = 0.04  # chains whose surfaces are this close share the vertices between them
 _GRID_BOUNDS = ((-0.95, 0.95), (-1.21, 0.56), (-0.17, 0.26))  # (x, y, z) ranges holding the body
 
 
@@ -114,40 +113,66 @@ def joint_positions() -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # Signed distance functions, all (N, 3) points -> (N,) distances (negative inside).
 
-def _capsule(a, b, radius_a: float, radius_b: float) -> Callable[[np.ndarray], np.ndarray]:
+_CULL_MARGIN_M = 0.15
+"""Shapes are evaluated only within this distance of their bounding box and read as this value
+elsewhere. It exceeds the smooth-union radius (_SMOOTH_UNION_M) by more than the values that matter
+near the surface, so the surface comes out exactly as without culling."""
+
+
+class _Shape:
+    """A signed distance function with the bounding box of its zero set."""
+
+    def __init__(self, sdf: Callable[[np.ndarray], np.ndarray], lo, hi):
+        self.sdf, self.lo, self.hi = sdf, np.asarray(lo, float), np.asarray(hi, float)
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        near = np.all((points >= self.lo - _CULL_MARGIN_M) & (points <= self.hi + _CULL_MARGIN_M), axis=1)
+        out = np.full(len(points), _CULL_MARGIN_M)
+        out[near] = self.sdf(points[near])
+        return out
+
+
+def _norm(v: np.ndarray) -> np.ndarray:
+    """(N, 3) -> (N,) Euclidean norms."""
+    return np.sqrt(np.einsum("ij,ij->i", v, v))
+
+
+def _capsule(a, b, radius_a: float, radius_b: float) -> _Shape:
     """Tapered capsule from ``a`` to ``b`` (radius interpolated along the axis; near-exact SDF)."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     ab = b - a
 
     def sdf(p: np.ndarray) -> np.ndarray:
         t = np.clip((p - a) @ ab / (ab @ ab), 0.0, 1.0)
-        return np.linalg.norm(p - (a + t[:, None] * ab), axis=1) - (radius_a + t * (radius_b - radius_a))
+        return _norm(p - (a + t[:, None] * ab)) - (radius_a + t * (radius_b - radius_a))
 
-    return sdf
+    r = max(radius_a, radius_b)
+    return _Shape(sdf, np.minimum(a, b) - r, np.maximum(a, b) + r)
 
 
-def _ellipsoid(centre, radii) -> Callable[[np.ndarray], np.ndarray]:
+def _ellipsoid(centre, radii) -> _Shape:
     """Ellipsoid (Quilez's first-order distance bound, exact on the surface)."""
     centre, radii = np.asarray(centre, float), np.asarray(radii, float)
 
     def sdf(p: np.ndarray) -> np.ndarray:
         q = p - centre
-        k0 = np.linalg.norm(q / radii, axis=1)
-        k1 = np.linalg.norm(q / radii**2, axis=1)
+        k0 = _norm(q / radii)
+        k1 = _norm(q / radii**2)
         return k0 * (k0 - 1.0) / np.maximum(k1, 1e-12)
 
-    return sdf
+    return _Shape(sdf, centre - radii, centre + radii)
 
 
-def _rounded_box(centre, half_extents, radius: float) -> Callable[[np.ndarray], np.ndarray]:
+def _rounded_box(centre, half_extents, radius: float) -> _Shape:
     """Axis-aligned box with edges rounded by ``radius`` (exact SDF)."""
-    centre, inner = np.asarray(centre, float), np.asarray(half_extents, float) - radius
+    centre, half = np.asarray(centre, float), np.asarray(half_extents, float)
+    inner = half - radius
 
     def sdf(p: np.ndarray) -> np.ndarray:
         q = np.abs(p - centre) - inner
-        return np.linalg.norm(np.maximum(q, 0.0), axis=1) + np.minimum(q.max(axis=1), 0.0) - radius
+        return _norm(np.maximum(q, 0.0)) + np.minimum(q.max(axis=1), 0.0) - radius
 
-    return sdf
+    return _Shape(sdf, centre - half, centre + half)
 
 
 def _smooth_min(a: np.ndarray, b: np.ndarray, k: float) -> np.ndarray:
@@ -165,7 +190,7 @@ def _mirror(point) -> tuple[float, float, float]:
     return (-point[0], point[1], point[2])
 
 
-def _limb_shapes(side: float) -> dict[str, list]:
+def _limb_shapes(side: float) -> dict[str, list[_Shape]]:
     """Shapes of one side's arm and leg chains; ``side`` is +1 (left, +x) or -1 (right)."""
     def s(x, y, z):
         return (side * x, y, z)
@@ -187,22 +212,28 @@ def _limb_shapes(side: float) -> dict[str, list]:
 
 def _chain_sdfs(points: np.ndarray) -> np.ndarray:
     """(N, 3) points -> (N, 5) SDF of each chain: spine, left_arm, right_arm, left_leg, right_leg."""
-    spine = [
-        _ellipsoid((0.0, -0.30, 0.0), (0.165, 0.12, 0.11)),  # pelvis and buttocks
-        _ellipsoid((0.0, -0.10, 0.01), (0.145, 0.17, 0.10)),  # abdomen
-        _ellipsoid((0.0, 0.11, -0.005), (0.165, 0.165, 0.11)),  # chest
-        _capsule((0.0, 0.22, -0.015), (0.0, 0.36, 0.0), 0.055, 0.05),  # neck
-        _ellipsoid((0.0, 0.405, 0.02), (0.078, 0.10, 0.095)),  # head
+    # the torso's three parts blend with a wide fillet, so that they read as one trunk; that fillet
+    # is wider than the culling allows for, so these are evaluated everywhere
+    pelvis = _ellipsoid((0.0, -0.30, 0.0), (0.165, 0.12, 0.11)).sdf(points)
+    abdomen = _ellipsoid((0.0, -0.10, 0.01), (0.145, 0.17, 0.10)).sdf(points)
+    chest = _ellipsoid((0.0, 0.11, -0.005), (0.165, 0.165, 0.11)).sdf(points)
+    trunk = _smooth_min(_smooth_min(pelvis, abdomen, _TRUNK_SMOOTH_UNION_M), chest, _TRUNK_SMOOTH_UNION_M)
+    neck_and_head = [
+        _capsule((0.0, 0.22, -0.015), (0.0, 0.36, 0.0), 0.055, 0.05),
+        _ellipsoid((0.0, 0.405, 0.02), (0.078, 0.10, 0.095)),
     ]
     left, right = _limb_shapes(+1.0), _limb_shapes(-1.0)
-    chains = [spine, left["arm"], right["arm"], left["leg"], right["leg"]]
-    out = np.empty((len(points), len(chains)))
-    for c, shapes in enumerate(chains):
-        d = shapes[0](points)
-        for shape in shapes[1:]:
-            d = _smooth_min(d, shape(points), _SMOOTH_UNION_M)
-        out[:, c] = d
-    return out
+
+    def union(values: list[np.ndarray]) -> np.ndarray:
+        d = values[0]
+        for v in values[1:]:
+            d = _smooth_min(d, v, _SMOOTH_UNION_M)
+        return d
+
+    spine = union([trunk] + [shape(points) for shape in neck_and_head])
+    limbs = [union([shape(points) for shape in shapes])
+             for shapes in (left["arm"], right["arm"], left["leg"], right["leg"])]
+    return np.stack([spine] + limbs, axis=1)
 
 
 def _body_sdf(chain_sdf: np.ndarray) -> np.ndarray:
@@ -247,8 +278,10 @@ def _mesh(grid_m: float) -> tuple[np.ndarray, np.ndarray]:
     axes = [_grid_axis(lo, hi, grid_m, symmetric=(i == 0)) for i, (lo, hi) in enumerate(_GRID_BOUNDS)]
     pts = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
     volume = _body_sdf(_chain_sdfs(pts)).reshape(tuple(len(a) for a in axes))
-    # the volume must be closed on all six sides for the surface to be closed
-    assert (volume[[0, -1]] > 0).all() and (volume[:, [0, -1]] > 0).all() and (volume[:, :, [0, -1]] > 0).all()
+    # the grid's border must lie outside the body, or the surface would be cut open there
+    outer_faces = (volume[[0, -1]], volume[:, [0, -1]], volume[:, :, [0, -1]])
+    if not all((face > 0).all() for face in outer_faces):
+        raise RuntimeError("proxy body: the shapes reach the border of the marching-cubes grid")
     verts, faces, _, _ = marching_cubes(volume, level=0.0, spacing=(grid_m,) * 3,
                                         gradient_direction="ascent", allow_degenerate=False)
     verts = verts.astype(np.float64) + np.array([a[0] for a in axes])
@@ -280,7 +313,8 @@ def _chains(joints: np.ndarray) -> list[tuple[int, list[tuple[int, Callable]]]]:
         below = _plane_gate(J[f"{side}_ankle"], down)
         # the front of the foot is foot even where it reaches up to the ankle's height
         ahead = _plane_gate(J[f"{side}_ankle"] + np.array([0.0, 0.0, 0.06]), fwd)
-        return lambda v: np.maximum(below(v), ahead(v))
+        low = _plane_gate(J[f"{side}_ankle"] + np.array([0.0, 0.03, 0.0]), down)  # not the shin's front
+        return lambda v: np.maximum(below(v), ahead(v) * low(v))
 
     spine = (0, [(JOINT_NAMES.index(n), _plane_gate(J[n], up))
                  for n in ("spine1", "spine2", "spine3", "neck", "head")])
@@ -300,11 +334,13 @@ def _chains(joints: np.ndarray) -> list[tuple[int, list[tuple[int, Callable]]]]:
 
 
 def _chain_membership(chain_sdf: np.ndarray) -> np.ndarray:
-    """(V, C) chain SDFs at the vertices -> (V, C) soft assignment, rows summing to 1."""
-    logits = -(chain_sdf - chain_sdf.min(axis=1, keepdims=True)) / _MEMBERSHIP_TEMPERATURE_M
-    m = np.exp(logits)
-    m /= m.sum(axis=1, keepdims=True)
-    m[m < _MEMBERSHIP_FLOOR] = 0.0
+    """(V, C) chain SDFs at the vertices -> (V, C) soft assignment, rows summing to 1.
+
+    A chain counts only where its surface is within _MEMBERSHIP_BLEND_M of the nearest chain's, so
+    chains blend where they meet (armpits, crotch, neck) and nowhere else.
+    """
+    behind = chain_sdf - chain_sdf.min(axis=1, keepdims=True)
+    m = _smoothstep(1.0 - behind / _MEMBERSHIP_BLEND_M)
     return m / m.sum(axis=1, keepdims=True)
 
 
@@ -330,33 +366,36 @@ def _local_max_entropy_weights(points: np.ndarray, target: np.ndarray, sigma: fl
     """Non-negative weights (N,) over ``points`` (N, 3), summing to 1, with mean exactly ``target``.
 
     Maximises entropy relative to a Gaussian prior of width ``sigma`` around ``target``: w_i is
-    proportional to prior_i exp(lambda . x_i); lambda solves a smooth convex problem. Returns None
-    when ``target`` is not inside the points' convex hull (no such weights exist).
+    proportional to prior_i exp(lambda . x_i) with x_i = (points_i - target) / sigma, and lambda
+    minimises the convex log-partition function log sum_i prior_i exp(lambda . x_i), whose gradient
+    is the weighted mean of x. Damped Newton converges in a few steps. Returns None when ``target``
+    is not inside the points' convex hull (no such weights exist and lambda diverges).
     """
     x = (points - target) / sigma
     log_prior = -0.5 * (x * x).sum(axis=1)
 
-    def dual(lam: np.ndarray) -> tuple[float, np.ndarray]:
+    def log_partition_and_weights(lam: np.ndarray) -> tuple[float, np.ndarray]:
         s = log_prior + x @ lam
         w = np.exp(s - s.max())
         z = w.sum()
-        return float(np.log(z) + s.max()), (w / z) @ x
+        return float(np.log(z) + s.max()), w / z
 
-    def hessian(lam: np.ndarray) -> np.ndarray:
-        s = log_prior + x @ lam
-        w = np.exp(s - s.max())
-        w /= w.sum()
-        mean = w @ x
-        return (x * w[:, None]).T @ x - np.outer(mean, mean)
-
-    res = scipy.optimize.minimize(dual, np.zeros(3), jac=True, hess=hessian, method="trust-exact",
-                                  options={"gtol": 1e-12, "maxiter": 200})
-    s = log_prior + x @ res.x
-    w = np.exp(s - s.max())
-    w /= w.sum()
-    if np.abs(w @ points - target).max() > 1e-9:
-        return None
-    return w
+    lam = np.zeros(3)
+    value, w = log_partition_and_weights(lam)
+    for _ in range(60):
+        grad = w @ x
+        if np.abs(grad).max() < 1e-13:
+            return w
+        hess = (x * w[:, None]).T @ x - np.outer(grad, grad)
+        step = np.linalg.solve(hess + 1e-12 * np.eye(3), grad)
+        t = 1.0
+        while True:  # backtrack until the (convex) objective does not increase
+            new_value, new_w = log_partition_and_weights(lam - t * step)
+            if new_value <= value + 1e-14 or t < 1e-6:
+                break
+            t *= 0.5
+        lam, value, w = lam - t * step, new_value, new_w
+    return None
 
 
 def _joint_regressor(verts: np.ndarray, joints: np.ndarray, grid_m: float) -> scipy.sparse.csc_matrix:
@@ -364,17 +403,16 @@ def _joint_regressor(verts: np.ndarray, joints: np.ndarray, grid_m: float) -> sc
     rows, cols, vals = [], [], []
     for j, target in enumerate(joints):
         dist = np.linalg.norm(verts - target, axis=1)
-        sigma = dist.min() + grid_m  # about the local body radius: the prior covers a cross-section
-        for reach in (3.0, 4.0, 6.0):
-            near = np.flatnonzero(dist < reach * sigma)
-            w = _local_max_entropy_weights(verts[near], target, sigma)
+        # the nearest surface is about the local body radius: a ball a little larger than it cuts
+        # out the cross-section around the joint; widen it until it surrounds the joint
+        for margin in (1.5, 2.5, 4.0, 6.0):
+            reach = dist.min() + margin * grid_m
+            near = np.flatnonzero(dist < reach)
+            w = _local_max_entropy_weights(verts[near], target, sigma=0.5 * reach)
             if w is not None:
                 break
         else:
             raise RuntimeError(f"proxy body: joint {JOINT_NAMES[j]} is outside the mesh")
-        w[w < 1e-7] = 0.0  # drop the Gaussian's negligible tails; renormalise, then fix the mean
-        keep = w > 0
-        near, w = near[keep], w[keep] / w[keep].sum()
         rows.append(np.full(len(near), j))
         cols.append(near)
         vals.append(w)
@@ -467,7 +505,7 @@ def build_proxy_smpl(grid_mm: float = 20.0) -> dict:
     """Generate the proxy body as the dict that SMPL's pickle holds.
 
     Args:
-        grid_mm: marching-cubes grid step in millimetres (20 mm gives about 4-5k vertices).
+        grid_mm: marching-cubes grid step in millimetres (20 mm: about 5.5k vertices, 11k faces).
 
     Returns:
         dict with SMPL's keys ``v_template`` (V, 3) float64, ``f`` (F, 3) int64, ``weights``
@@ -477,8 +515,8 @@ def build_proxy_smpl(grid_mm: float = 20.0) -> dict:
         pose correctives); plus ``vertex_ids`` (smplx's extra-joint vertex names -> indices),
         ``joint_names`` (24 names), ``proxy`` True and ``proxy_version``.
     """
-    if not 2.0 <= grid_mm <= 60.0:
-        raise ValueError(f"proxy body: grid_mm must lie in [2, 60], got {grid_mm}")
+    if not 5.0 <= grid_mm <= 40.0:  # finer is needlessly slow; coarser loses the hands' shape
+        raise ValueError(f"proxy body: grid_mm must lie in [5, 40], got {grid_mm}")
     grid_m = grid_mm / 1000.0
     verts, faces = _mesh(grid_m)
     joints = joint_positions()
