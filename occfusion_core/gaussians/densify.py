@@ -1,8 +1,9 @@
 """KL-divergence-guided densification and pruning of the human Gaussians (GauHuman, reference §6.4).
 
 Between densification steps :class:`DensifyState` accumulates, per Gaussian, the norm of the
-screen-space gradient of its projected centre over the views where it was visible. A step then
-(with g = mean gradient, s = scales, KL = KL(own Gaussian || nearest other Gaussian)):
+screen-space gradient of its projected centre (in 3DGS's NDC units) over the views where it was
+visible. A step then, with g = mean gradient, s = scales, KL = KL(own Gaussian || nearest other
+Gaussian):
 
 - clone: g >= threshold, max s <= percent_dense·extent, KL > kl_threshold -> one copy at
   x + R·N(0, diag(s)), same scale, rotation, colour, opacity;
@@ -83,24 +84,28 @@ def nearest_neighbour_kl(model: HumanGaussians) -> tuple[torch.Tensor, torch.Ten
 def _merge_pairs(selected: torch.Tensor, neighbour: torch.Tensor, busy: torch.Tensor) -> torch.Tensor:
     """Disjoint (first, second) merge pairs from Gaussians that chose to merge with their neighbour.
 
+    Greedy in index order: a pair is taken when neither Gaussian is in an earlier pair, so a mutual
+    pair is merged once and a Gaussian claimed twice waits for a later step.
+
     Args:
         selected: (N,) bool, Gaussians that passed the merge test.
         neighbour: (N,) long, each Gaussian's nearest other Gaussian.
-        busy: (N,) bool, Gaussians already cloned or split (cannot be merged away).
+        busy: (N,) bool, Gaussians being cloned or split (cannot be merged away).
 
     Returns:
         (P, 2) long; no index appears twice.
     """
     first = torch.nonzero(selected & ~busy, as_tuple=False)[:, 0]
     second = neighbour[first]
-    keep = ~busy[second]
-    # A mutual pair shows up as (i, j) and (j, i): keep the orientation with the smaller first.
-    mutual = selected[second] & (neighbour[second] == first)
-    keep &= ~(mutual & (second < first))
-    pairs = torch.stack([first[keep], second[keep]], dim=1)
-    # A Gaussian claimed by two pairs waits for a later step rather than being merged twice.
-    uses = torch.bincount(pairs.reshape(-1), minlength=selected.shape[0])
-    return pairs[(uses[pairs] == 1).all(dim=1)]
+    candidates = ~busy[second]
+    taken: set[int] = set()
+    pairs: list[tuple[int, int]] = []
+    # Candidates are few (small, nearly coincident Gaussians), so a Python loop is cheap.
+    for a, b in zip(first[candidates].tolist(), second[candidates].tolist()):
+        if a not in taken and b not in taken:
+            taken.update((a, b))
+            pairs.append((a, b))
+    return torch.tensor(pairs, dtype=torch.long, device=neighbour.device).reshape(-1, 2)
 
 
 @torch.no_grad()
@@ -116,6 +121,11 @@ def replace_gaussian_rows(model: HumanGaussians, optimizer: torch.optim.Optimize
             ``GAUSSIAN_GROUPS``.
     """
     groups = {g.get("name"): g for g in optimizer.param_groups} if optimizer is not None else {}
+    if optimizer is not None:  # check every group before editing any
+        for name, old in model.gaussian_parameters().items():
+            group = groups.get(name)
+            if group is None or len(group["params"]) != 1 or group["params"][0] is not old:
+                raise ValueError(f"optimizer group {name!r} does not hold exactly the model's {GAUSSIAN_GROUPS[name]}")
     new_params: dict[str, nn.Parameter] = {}
     for name, old in model.gaussian_parameters().items():
         added = additions[name].to(old.dtype)
@@ -124,9 +134,6 @@ def replace_gaussian_rows(model: HumanGaussians, optimizer: torch.optim.Optimize
             # Lets a trainer densify between backward() and step(): kept rows keep their gradient.
             new.grad = torch.cat([old.grad[keep], torch.zeros_like(added)], dim=0)
         if optimizer is not None:
-            group = groups.get(name)
-            if group is None or len(group["params"]) != 1 or group["params"][0] is not old:
-                raise ValueError(f"optimizer group {name!r} does not hold exactly the model's {GAUSSIAN_GROUPS[name]}")
             state = optimizer.state.pop(old, None)
             if state is not None:
                 for key, value in state.items():
@@ -134,7 +141,7 @@ def replace_gaussian_rows(model: HumanGaussians, optimizer: torch.optim.Optimize
                     if torch.is_tensor(value) and value.shape == old.shape:
                         state[key] = torch.cat([value[keep], torch.zeros_like(added)], dim=0)
                 optimizer.state[new] = state
-            group["params"][0] = new
+            groups[name]["params"][0] = new
         new_params[name] = new
     model.set_gaussian_parameters(new_params)
 
@@ -143,7 +150,7 @@ class DensifyState:
     """Screen-space gradient statistics between densification steps.
 
     Attributes:
-        grad_accum: (N,) summed ‖∂L/∂means2d‖ over the views where the Gaussian was visible.
+        grad_accum: (N,) summed ‖∂L/∂means2d_ndc‖ over the views where the Gaussian was visible.
         denom: (N,) number of those views.
     """
 
@@ -158,16 +165,23 @@ class DensifyState:
         self.denom = torch.zeros(n, device=self.denom.device)
 
     @torch.no_grad()
-    def add_stats(self, means2d_grad: torch.Tensor, visible: torch.Tensor) -> None:
+    def add_stats(self, means2d_grad: torch.Tensor, visible: torch.Tensor, *, image_size: tuple[int, int]) -> None:
         """Accumulate one view.
 
+        The thresholds (``grad_threshold`` 2e-4) are calibrated on 3DGS's rasterizer, whose
+        screen-space gradient is taken w.r.t. normalised device coordinates: a pixel-space gradient
+        times (W / 2, H / 2). Pixel-space gradients are converted here the same way (as gsplat does).
+
         Args:
-            means2d_grad: (N, 2) (or (N, >=2)) gradient of the loss w.r.t. the projected centres,
-                in the rasterizer's screen units (the threshold 2e-4 assumes 3DGS's).
-            visible: (N,) bool, Gaussians drawn in this view (radius > 0).
+            means2d_grad: (N, 2) gradient of the loss w.r.t. the pixel-space projected centres
+                (``RenderOutput.means2d.grad``).
+            visible: (N,) bool, Gaussians drawn in this view.
+            image_size: (width, height) of the rendered image in pixels.
         """
+        width, height = image_size
+        to_ndc = torch.tensor([width / 2.0, height / 2.0], dtype=self.grad_accum.dtype, device=self.grad_accum.device)
         visible = visible.to(self.grad_accum.device, torch.bool)
-        norms = means2d_grad[:, :2].to(self.grad_accum).norm(dim=-1)
+        norms = (means2d_grad[:, :2].to(self.grad_accum) * to_ndc).norm(dim=-1)
         self.grad_accum += torch.where(visible, norms, torch.zeros_like(norms))
         self.denom += visible.to(self.denom.dtype)
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from occfusion_core.body.model import big_pose
 from occfusion_core.config import OptimizeConfig
-from occfusion_core.gaussians.knn import init_scales, knn
+from occfusion_core.gaussians.knn import init_scales, knn, nearest_with_hint
 from occfusion_core.gaussians.networks import BodyPoseRefiner, LBSOffsetDecoder
 
 if TYPE_CHECKING:
@@ -33,6 +33,9 @@ SH_C0 = 0.28209479177387814
 """Degree-0 real spherical-harmonic constant 1 / (2 sqrt(pi))."""
 
 CAPTURE_FORMAT = "occfusion.human_gaussians/1"
+
+NEAREST_SEARCH_NEIGHBOURS = 16
+"""Body-vertex neighbours kept per vertex for the hinted nearest-vertex search."""
 
 GAUSSIAN_GROUPS: dict[str, str] = {
     "xyz": "xyz",
@@ -130,8 +133,9 @@ class HumanGaussians(nn.Module):
 
         body_buffer("v_template", v_template)
         body_buffer("shapedirs", body.shapedirs)  # (V, 3, num_betas)
-        # smplx layout (P, V*3): pose feature (B, P) @ posedirs -> (B, V*3).
-        body_buffer("posedirs", body.posedirs.reshape(num_vertices * 3, -1).T)
+        if body.posedirs.shape[-1] != num_vertices * 3:
+            raise ValueError(f"posedirs must be smplx's (207, V*3), got {tuple(body.posedirs.shape)}")
+        body_buffer("posedirs", body.posedirs)  # (P, V*3): pose feature (B, P) @ posedirs -> (B, V*3)
         body_buffer("J_regressor", body.J_regressor)  # (J, V)
         body_buffer("lbs_weights", body.lbs_weights)  # (V, J)
         # The kinematic chain is walked joint by joint in Python; keeping the parents on the CPU
@@ -147,6 +151,13 @@ class HumanGaussians(nn.Module):
         body_buffer("big_pose_vertices", vertices)  # (V, 3)
         body_buffer("big_pose_offsets", big_pose_offsets[0])  # (V, 3)
         body_buffer("big_pose_transforms", big_transforms[0])  # (J, 4, 4)
+        # For the nearest-vertex search of every deformation: each big-pose vertex's neighbours and
+        # the last result as the next call's hint (exact whatever the hint; see nearest_with_hint).
+        reach2, neighbours = knn(vertices, vertices, min(NEAREST_SEARCH_NEIGHBOURS, num_vertices - 1),
+                                 exclude_self=True)
+        self.register_buffer("vertex_neighbours", neighbours, persistent=False)  # (V, K)
+        body_buffer("vertex_reach2", reach2[:, -1])  # (V,)
+        self.register_buffer("nearest_hint", torch.arange(num_vertices, device=device), persistent=False)
 
         num_sh = (self.max_sh_degree + 1) ** 2
         n = num_vertices
@@ -211,9 +222,16 @@ class HumanGaussians(nn.Module):
     # ------------------------------------------------------------------ deformation
 
     @torch.no_grad()
-    def nearest_vertex(self, points: torch.Tensor) -> torch.Tensor:
-        """(N, 3) canonical points -> (N,) index of the nearest big-pose body vertex."""
-        return knn(points.detach(), self.big_pose_vertices, 1)[1][:, 0]
+    def nearest_vertex(self, points: torch.Tensor, hint: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, 3) canonical points -> (N,) index of the nearest big-pose body vertex (exact).
+
+        Args:
+            hint: (N,) long guesses that speed the search up when good (see ``nearest_with_hint``).
+        """
+        if hint is None:
+            return knn(points.detach(), self.big_pose_vertices, 1)[1][:, 0]
+        return nearest_with_hint(points.detach(), self.big_pose_vertices, hint, self.vertex_neighbours,
+                                 self.vertex_reach2)
 
     def skinning_weights(self, nearest: torch.Tensor) -> torch.Tensor:
         """(N,) nearest-vertex indices -> (N, J) skinning weights of the current Gaussians.
@@ -275,7 +293,10 @@ class HumanGaussians(nn.Module):
         betas = self._as_batch(torch.zeros(num_betas) if betas is None else betas, num_betas, batch)
         trans = self._as_batch(torch.zeros(3) if trans is None else trans, 3, batch)
 
-        nearest = self.nearest_vertex(self.xyz)  # (N,)
+        # Last call's answer is the hint; after densification changed N there is none.
+        hint = self.nearest_hint if self.nearest_hint.shape[0] == self.num_gaussians else None
+        nearest = self.nearest_vertex(self.xyz, hint)  # (N,)
+        self.nearest_hint = nearest
         weights = self.skinning_weights(nearest)  # (N, J)
 
         # Big pose -> T pose with the inverse of the blended big-pose bone transform.
