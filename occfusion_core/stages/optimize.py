@@ -4,33 +4,29 @@ Losses (occfusion-reference.md §3.3): L1 on the colour, a squared alpha-vs-mask
 projected body box, 1 - SSIM, and LPIPS where it can really be computed. ``loss_region`` says which
 pixels the photometric losses see: ``visible`` (OccGauHuman: only the person pixels the input
 shows) or ``full`` (GauHuman: the whole frame, hidden person pixels included as background).
+The released code multiplies the stage-1 loss by 10000; with Adam (eps 1e-15) that only rescales
+the moments, so it is left out here.
 
-The job is resumable: a checkpoint (model, optimiser, RNG states, loss history) is written
-atomically every ``checkpoint_every`` iterations and picked up when the job is started again with the
-same settings and inputs (a changed config or input starts afresh rather than resuming a different
-run).
+The job is resumable (see :mod:`occfusion_core.stages.training`): a changed config or input starts
+afresh rather than resuming a different run.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..config import OptimizeConfig, to_dict
-from ..io import load_torch, save_torch, write_image, write_json
+from ..io import save_torch, write_image
 from ..losses import LPIPSLoss, box_crop, masked_mean, ssim_map
 from .common import TrainingFrame, config_digest, file_digest, load_training_frames, pick_device
+from .training import TrainSchedule, train_gaussians
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def stage1_losses(render, frame: TrainingFrame, cfg: OptimizeConfig, lpips: LPIPSLoss | None) -> dict:
@@ -60,42 +56,33 @@ def stage1_losses(render, frame: TrainingFrame, cfg: OptimizeConfig, lpips: LPIP
     return terms
 
 
-def _signature(cfg: OptimizeConfig, data_dir: Path, body_model_path: str, complete_masks_dir) -> str:
+def input_signature(cfg_dict: dict, data_dir, body_model_path, *extra_dirs) -> str:
     """What a checkpoint must match to be resumed: the settings and the inputs' contents."""
-    parts = {"cfg": to_dict(cfg), "metadata": file_digest(data_dir / "metadata.json"),
+    parts = {"cfg": cfg_dict, "metadata": file_digest(Path(data_dir) / "metadata.json"),
              "body": file_digest(body_model_path)}
-    if complete_masks_dir:
-        parts["masks"] = sorted(os.listdir(complete_masks_dir))
+    for d in extra_dirs:
+        if d:
+            parts[str(d)] = sorted(os.listdir(d))
     return config_digest(parts)
-
-
-class FrameSampler:
-    """GauHuman's camera sampling: pop frames from a reshuffled stack of all training frames."""
-
-    def __init__(self, count: int, rng: np.random.Generator):
-        self.count, self.rng, self.stack = count, rng, []
-
-    def next(self) -> int:
-        if not self.stack:
-            self.stack = list(self.rng.permutation(self.count))
-        return int(self.stack.pop())
 
 
 def optimize(data_dir, body_model_path, cfg: OptimizeConfig, out_model, out_renders, checkpoint_dir,
              complete_masks_dir=None, progress: bool = True) -> dict:
     """Run stage 1 and write ``out_model`` (model.pt) and ``out_renders`` (training-frame renders).
 
+    Args:
+        complete_masks_dir: stage-0 masks; required when ``cfg.mask_source == 'complete'``.
     Returns:
-        a summary dict (iterations run, resumed-from, seconds, final losses).
+        a summary dict (iterations, resumed-from, seconds, final losses).
     """
     from ..body.model import load_body_model
     from ..data.sequence import read_sequence
-    from ..gaussians.densify import DensifyState, densify_and_prune
     from ..gaussians.human import HumanGaussians
     from ..render.backends import resolve_backend
-    from ..render.rasterize import rasterize
 
-    data_dir, checkpoint_dir = Path(data_dir), Path(checkpoint_dir)
+    if cfg.mask_source == "complete" and complete_masks_dir is None:
+        raise ValueError("optimize: mask_source 'complete' needs the stage-0 masks (complete_masks)")
+    masks_dir = complete_masks_dir if cfg.mask_source == "complete" else None
     device = pick_device(cfg.device)
     backend = resolve_backend(cfg.backend)
     torch.manual_seed(cfg.seed)
@@ -103,98 +90,47 @@ def optimize(data_dir, body_model_path, cfg: OptimizeConfig, out_model, out_rend
 
     seq = read_sequence(data_dir)
     body = load_body_model(body_model_path).to(device)
-    frames = load_training_frames(seq, body, cfg.background, device, complete_masks_dir)
+    frames = load_training_frames(seq, body, cfg.background, device, masks_dir)
     model = HumanGaussians(body, sh_degree=cfg.sh_degree, init_opacity=cfg.init_opacity,
                            pose_refiner=cfg.pose_refiner, lbs_offsets=cfg.lbs_offsets).to(device)
-    optimizer = torch.optim.Adam(model.param_groups(cfg), lr=0.0, eps=1e-15)
-    densify = DensifyState(model.num_gaussians, device=device)
+    optimizer = model.make_optimizer(cfg)
     lpips = LPIPSLoss(device) if cfg.lambda_lpips > 0 else None
     if lpips is not None and not lpips.available:
         log.warning("LPIPS term skipped: %s", lpips.reason)
     background = torch.tensor(cfg.background, device=device)
+    guidance = None
+    if cfg.sds.enabled:
+        from .guidance import build_stage1_guidance
 
-    signature = _signature(cfg, data_dir, str(body_model_path), complete_masks_dir)
-    rng = np.random.default_rng(cfg.seed)
-    sampler = FrameSampler(len(frames), rng)
-    history: list[dict] = []
-    start_iter = 0
-    ckpt_path = checkpoint_dir / CHECKPOINT_NAME
-    if ckpt_path.exists():
-        ckpt = load_torch(ckpt_path, map_location=str(device))
-        if ckpt.get("signature") == signature:
-            model = HumanGaussians.from_capture(body, ckpt["model"]).to(device)
-            optimizer = torch.optim.Adam(model.param_groups(cfg), lr=0.0, eps=1e-15)
-            optimizer.load_state_dict(ckpt["optimizer"])
-            densify = DensifyState(model.num_gaussians, device=device)
-            densify.load_state_dict(ckpt["densify"])
-            rng.bit_generator.state = ckpt["numpy_rng"]
-            sampler.stack = list(ckpt["sampler_stack"])
-            torch.set_rng_state(ckpt["torch_rng"])
-            history = ckpt["history"]
-            start_iter = ckpt["iteration"]
-            log.info("resuming from %s at iteration %d", ckpt_path, start_iter)
-        else:
-            log.info("ignoring %s: it was written with other settings or inputs", ckpt_path)
+        guidance = build_stage1_guidance(cfg.sds, model, body, frames, device)
 
-    def save_checkpoint(iteration: int) -> None:
-        save_torch(ckpt_path, {
-            "signature": signature, "iteration": iteration, "model": model.capture(),
-            "optimizer": optimizer.state_dict(), "densify": densify.state_dict(),
-            "numpy_rng": rng.bit_generator.state, "sampler_stack": list(sampler.stack),
-            "torch_rng": torch.get_rng_state(), "history": history,
-        })
+    def loss_fn(render, frame, iteration):
+        terms = stage1_losses(render, frame, cfg, lpips)
+        if guidance is not None:
+            terms = guidance.add_terms(terms, render, frame, iteration, cfg.iterations, backend)
+        return terms
 
-    from tqdm import tqdm
+    schedule = TrainSchedule(first=1, last=cfg.iterations, lr=cfg, densify=cfg.densify,
+                             sh_increase_every=cfg.sh_increase_every,
+                             checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every)
+    signature = input_signature(to_dict(cfg), data_dir, body_model_path, masks_dir)
+    model, optimizer, history, seconds, resumed = train_gaussians(
+        model, optimizer, body, frames, loss_fn, schedule, background, backend, checkpoint_dir,
+        signature, cfg.seed, label="stage 1", progress=progress)
 
-    t0 = time.time()
-    bar = tqdm(range(start_iter + 1, cfg.iterations + 1), desc="stage 1", disable=not progress,
-               initial=start_iter, total=cfg.iterations, mininterval=5.0, ascii=True)
-    for it in bar:
-        for group in optimizer.param_groups:
-            if group["name"] == "xyz":
-                group["lr"] = model.position_lr(it, cfg)
-        if it > 1 and (it - 1) % cfg.sh_increase_every == 0:
-            model.oneup_sh_degree()
-        frame = frames[sampler.next()]
-        deformed = model.deform(frame.poses, frame.betas, frame.trans)
-        out = rasterize(deformed.means, deformed.opacities, frame.camera, covars=deformed.covars,
-                        sh=deformed.sh, sh_degree=deformed.sh_degree, background=background,
-                        backend=backend)
-        if cfg.densify.enabled:
-            out.means2d.retain_grad()
-        terms = stage1_losses(out, frame, cfg, lpips)
-        if not torch.isfinite(terms["total"]):
-            raise FloatingPointError(f"stage 1: loss is {terms['total'].item()} at iteration {it} "
-                                     f"(frame {frame.name}); lower the learning rates")
-        terms["total"].backward()
-        if cfg.densify.enabled and cfg.densify.start_iter < it < cfg.densify.stop_iter:
-            densify.add_stats(out.means2d.grad, out.visible)
-            if it % cfg.densify.interval == 0:
-                counts = densify_and_prune(model, optimizer, densify, cfg.densify)
-                log.info("iteration %d densify: %s", it, counts)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if it % cfg.log_every == 0 or it == cfg.iterations:
-            row = {"iteration": it, **{k: round(float(v), 6) for k, v in terms.items()},
-                   "gaussians": model.num_gaussians, "seconds": round(time.time() - t0, 2)}
-            history.append(row)
-            log.info("loss %s", row)
-        if it % cfg.checkpoint_every == 0 and it < cfg.iterations:
-            save_checkpoint(it)
-    bar.close()
-    seconds = time.time() - t0
-
+    methods = {"stage1": "gaussian optimisation, " + (f"SDS ({guidance.describe()})" if guidance else "no SDS"),
+               "stage1_masks": "stage-0 complete masks" if masks_dir else "visible input masks"}
     save_torch(out_model, {
         "model": model.capture(), "optimizer": optimizer.state_dict(), "iteration": cfg.iterations,
         "config": to_dict(cfg), "history": history, "backend": backend, "device": str(device),
-        "stage": "optimize", "seconds": seconds, "resumed_from": start_iter,
-        "methods": {"stage1": "gaussian optimisation" + (" + SDS" if cfg.sds.enabled else "")},
+        "stage": "optimize", "seconds": seconds, "resumed_from": resumed, "methods": methods,
+        "lpips_in_loss": bool(lpips is not None and lpips.available),
     })
     render_training_frames(model, frames, background, backend, out_renders)
-    if checkpoint_dir.exists():
+    if Path(checkpoint_dir).exists():
         shutil.rmtree(checkpoint_dir)  # model.pt supersedes it (it holds the optimiser state too)
-    summary = {"iterations": cfg.iterations, "resumed_from": start_iter, "seconds": round(seconds, 1),
-               "its_per_second": round((cfg.iterations - start_iter) / max(seconds, 1e-9), 2),
+    summary = {"iterations": cfg.iterations, "resumed_from": resumed, "seconds": round(seconds, 1),
+               "its_per_second": round((cfg.iterations - resumed) / max(seconds, 1e-9), 2),
                "final": history[-1] if history else None}
     log.info("stage 1 done: %s", summary)
     return summary

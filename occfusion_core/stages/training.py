@@ -1,0 +1,147 @@
+"""The Gaussian training loop shared by stage 1 (optimize) and stage 3 (refine).
+
+A stage supplies the loss (``loss_fn(render, frame, iteration) -> dict of terms with 'total'``);
+this loop does the rest: frame sampling, the position learning-rate schedule, SH degree steps,
+optional KL densification, logging, a progress bar, and resumable checkpoints written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..config import DensifyConfig, OptimizeConfig
+from ..io import load_torch, save_torch
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class FrameSampler:
+    """GauHuman's camera sampling: pop frames from a reshuffled stack of all training frames."""
+
+    def __init__(self, count: int, rng: np.random.Generator):
+        self.count, self.rng, self.stack = count, rng, []
+
+    def next(self) -> int:
+        if not self.stack:
+            self.stack = list(self.rng.permutation(self.count))
+        return int(self.stack.pop())
+
+
+@dataclass
+class TrainSchedule:
+    """Iteration bookkeeping of one stage.
+
+    Attributes:
+        first: first global iteration of this stage (stage 1: 1; stage 3: stage-1 end + 1).
+        last: last global iteration (inclusive).
+        lr: stage-1 learning-rate settings (the position rate decays with the global iteration).
+        densify: densification settings; start/stop are counted from the stage's first iteration.
+        sh_increase_every: raise the SH degree at global iterations that are multiples of it (+1).
+    """
+
+    first: int
+    last: int
+    lr: OptimizeConfig
+    densify: DensifyConfig
+    sh_increase_every: int
+    checkpoint_every: int
+    log_every: int
+
+
+def train_gaussians(model, optimizer, body, frames: list, loss_fn: Callable, schedule: TrainSchedule,
+                    background: torch.Tensor, backend: str, checkpoint_dir, signature: str, seed: int,
+                    label: str = "train", progress: bool = True) -> tuple:
+    """Run ``schedule.first .. schedule.last``; resume from ``checkpoint_dir`` when it matches.
+
+    Args:
+        body: the body model the Gaussians were built on (to rebuild them from a checkpoint).
+    Returns:
+        (model, optimizer, history: list of logged rows, seconds spent, resumed_from global iteration)
+        — model and optimizer may be new objects when a checkpoint was resumed.
+    """
+    from tqdm import tqdm
+
+    from ..gaussians.densify import DensifyState, densify_and_prune
+    from ..gaussians.human import HumanGaussians
+    from ..render.rasterize import rasterize
+
+    device = background.device
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    sampler = FrameSampler(len(frames), rng)
+    densify = DensifyState(model.num_gaussians, device=device)
+    history: list[dict] = []
+    start = schedule.first - 1
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
+    if ckpt_path.exists():
+        ckpt = load_torch(ckpt_path, map_location=str(device))
+        if ckpt.get("signature") == signature:
+            model = HumanGaussians.from_capture(body, ckpt["model"]).to(device)
+            optimizer = torch.optim.Adam(model.param_groups(schedule.lr), lr=0.0, eps=1e-15)
+            optimizer.load_state_dict(ckpt["optimizer"])
+            densify = DensifyState(model.num_gaussians, device=device)
+            densify.load_state_dict(ckpt["densify"])
+            rng.bit_generator.state = ckpt["numpy_rng"]
+            sampler.stack = list(ckpt["sampler_stack"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            history = ckpt["history"]
+            start = ckpt["iteration"]
+            log.info("%s: resuming from %s at iteration %d", label, ckpt_path, start)
+        else:
+            log.info("%s: ignoring %s, written with other settings or inputs", label, ckpt_path)
+    resumed_from = start
+
+    def save_checkpoint(iteration: int) -> None:
+        save_torch(ckpt_path, {
+            "signature": signature, "iteration": iteration, "model": model.capture(),
+            "optimizer": optimizer.state_dict(), "densify": densify.state_dict(),
+            "numpy_rng": rng.bit_generator.state, "sampler_stack": list(sampler.stack),
+            "torch_rng": torch.get_rng_state(), "history": history,
+        })
+
+    dcfg = schedule.densify
+    t0 = time.time()
+    bar = tqdm(range(start + 1, schedule.last + 1), desc=label, disable=not progress, ascii=True,
+               initial=start - schedule.first + 1, total=schedule.last - schedule.first + 1, mininterval=5.0)
+    for it in bar:
+        local = it - schedule.first + 1  # 1-based iteration within this stage
+        model.apply_position_lr(optimizer, it, schedule.lr)
+        if it > 1 and (it - 1) % schedule.sh_increase_every == 0:
+            model.oneup_sh_degree()
+        frame = frames[sampler.next()]
+        d = model.deform(frame.poses, frame.betas, frame.trans)
+        out = rasterize(d.means, d.opacities, frame.camera, covars=d.covars, sh=d.sh,
+                        sh_degree=d.sh_degree, background=background, backend=backend)
+        densifying = dcfg.enabled and dcfg.start_iter < local < dcfg.stop_iter
+        if densifying:
+            out.means2d.retain_grad()
+        terms = loss_fn(out, frame, it)
+        if not torch.isfinite(terms["total"]):
+            raise FloatingPointError(f"{label}: loss is {terms['total'].item()} at iteration {it} "
+                                     f"(frame {frame.name}); lower the learning rates")
+        terms["total"].backward()
+        if densifying:
+            densify.add_stats(out.means2d.grad, out.visible, image_size=(frame.camera.width, frame.camera.height))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if densifying and local % dcfg.interval == 0:
+            counts = densify_and_prune(model, optimizer, densify, dcfg)
+            log.info("%s: iteration %d densify %s", label, it, counts)
+        if it % schedule.log_every == 0 or it == schedule.last:
+            row = {"iteration": it, **{k: round(float(v), 6) for k, v in terms.items()},
+                   "gaussians": model.num_gaussians, "seconds": round(time.time() - t0, 2)}
+            history.append(row)
+            log.info("%s: %s", label, row)
+        if it % schedule.checkpoint_every == 0 and it < schedule.last:
+            save_checkpoint(it)
+    bar.close()
+    return model, optimizer, history, time.time() - t0, resumed_from
