@@ -31,7 +31,7 @@ NOVEL_MOTIONS = ("dance", "kick", "walk")
 
 def _rot(axis: str, deg: np.ndarray) -> Rotation:
     """Rotations about a principal axis ('x', 'y' or 'z') by ``deg`` (T,) degrees."""
-    return Rotation.from_euler(axis, np.asarray(deg, dtype=np.float64), degrees=True)
+    return Rotation.from_euler(axis, np.asarray(deg, dtype=np.float64).reshape(-1, 1), degrees=True)
 
 
 class _PoseBuilder:
@@ -80,7 +80,8 @@ def walk_turn(frames: int, turns: float = 1.0, seed: int = 0) -> tuple[np.ndarra
     b = _PoseBuilder(frames)
     b.set(PELVIS, _rot("y", heading) * _rot("y", 4.0 * sway_amp * cos) * _rot("z", 3.0 * sway_amp * sin))
     for joint, lean in ((SPINE1, 3.0), (SPINE2, 0.0), (SPINE3, 0.0)):
-        b.set(joint, _rot("y", -2.0 * sway_amp * cos) * _rot("z", -1.0 * sway_amp * sin) * _rot("x", np.full(frames, lean)))
+        b.set(joint, _rot("y", -2.0 * sway_amp * cos) * _rot("z", -1.0 * sway_amp * sin)
+              * _rot("x", np.full(frames, lean)))
     b.set(HEAD, _rot("x", 3.0 * np.sin(2.0 * phi)))
     # Legs: forward swing is a negative rotation about x; the knee bends (positive x) while its leg
     # swings forward (cos > 0 for the left leg), and the ankle keeps the foot roughly level.

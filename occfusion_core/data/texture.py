@@ -100,6 +100,8 @@ class BodyTexture:
         self.torso_mid_z = float(0.5 * (torso[:, 2].amin() + torso[:, 2].amax()))
         self.sole_y = float(shoes[:, 1].amin())
         self.pelvis_y = float(joints[0, 1])
+        one_hot = torch.nn.functional.one_hot(self.dominant_joint, 24).to(torch.float32)
+        self._vertex_attributes = torch.cat([self.v_template, one_hot], dim=1)
 
     @classmethod
     def from_body_model(cls, body_model) -> "BodyTexture":
@@ -120,6 +122,7 @@ class BodyTexture:
         """
         points = points.to(torch.float32)
         x, y, z = points.unbind(-1)
+        chest = self.rest_joints[_SPINE3].to(points.device)
         garment = JOINT_GARMENT.to(joint.device)[joint]
         c = {k: torch.tensor(v, dtype=torch.float32, device=points.device) for k, v in _COLOURS.items()}
         out = torch.zeros_like(points)
@@ -134,7 +137,6 @@ class BodyTexture:
         stripe = torch.remainder(torch.floor(stripe_coord / 0.05), 2) == 0
         paint(shirt & stripe, c["shirt_a"])
         paint(shirt & ~stripe, c["shirt_b"])
-        chest = self.rest_joints[_SPINE3]
         front = z > self.torso_mid_z
         logo = (x - (chest[0] + 0.075)) ** 2 + (y - (chest[1] + 0.01)) ** 2 < 0.055 ** 2
         paint(shirt & ~sleeve & front & logo, c["logo"])
@@ -156,7 +158,7 @@ class BodyTexture:
         rel_y = (y - lo[1]) / (hi[1] - lo[1])
         rel_z = (z - lo[2]) / (hi[2] - lo[2])
         centre_x = 0.5 * (lo[0] + hi[0])
-        hair = on_head & ((rel_y > 0.72) | ((rel_z < 0.5) & (rel_y > 0.35)))
+        hair = on_head & ((rel_y > 0.62) | ((rel_z < 0.55) & (rel_y > 0.15)))
         paint(hair, c["hair"])
         face = on_head & ~hair & (rel_z > 0.6)
         head_h = hi[1] - lo[1]
@@ -174,8 +176,7 @@ class BodyTexture:
 
     def vertex_attributes(self) -> torch.Tensor:
         """(V, 27): canonical position (3) and one-hot dominant joint (24), for :func:`interpolate`."""
-        one_hot = torch.nn.functional.one_hot(self.dominant_joint, 24).to(torch.float32)
-        return torch.cat([self.v_template, one_hot], dim=1)
+        return self._vertex_attributes
 
     def render(
         self,
@@ -200,30 +201,22 @@ class BodyTexture:
         vertices = vertices.to(torch.float32)
         frags = rasterize_mesh(vertices, faces, camera)
         normals = vertex_normals(vertices, faces)
-        attrs = interpolate(frags, torch.cat([self.vertex_attributes(), normals], dim=1), faces)
+        per_vertex = torch.cat([self.vertex_attributes().to(vertices.device), vertices, normals], dim=1)
+        attrs = interpolate(frags, per_vertex, faces)
         mask = frags.mask
-        sel = attrs[mask]  # (N, 30)
+        sel = attrs[mask]  # (N, 33): canonical xyz, one-hot joint (24), world xyz, normal
         colour = self.albedo(sel[:, :3], sel[:, 3:27].argmax(dim=1))
         if shading > 0:
-            n = torch.nn.functional.normalize(sel[:, 27:30], dim=-1, eps=1e-12)
+            n = torch.nn.functional.normalize(sel[:, 30:33], dim=-1, eps=1e-12)
             # Face the normal towards the camera: the visible side is the lit side whatever the
             # mesh's winding (a generated proxy may wind the other way round).
-            ray_dir = _pixel_ray_dirs(camera)[mask]
-            n = torch.where(((n * ray_dir).sum(-1) > 0)[:, None], -n, n)
-            light = torch.nn.functional.normalize(torch.tensor(light_dir, dtype=torch.float32), dim=0)
+            to_camera = camera.center.to(sel) - sel[:, 27:30]
+            n = torch.where(((n * to_camera).sum(-1) < 0)[:, None], -n, n)
+            light = torch.tensor(light_dir, dtype=torch.float32, device=n.device)
+            light = light / light.norm()
             lambert = (n @ light).clamp(min=0.0)
             colour = colour * ((1.0 - shading) + shading * lambert)[:, None]
-        rgb = torch.zeros(camera.height, camera.width, 3)
+        rgb = torch.zeros(camera.height, camera.width, 3, device=vertices.device)
         rgb[mask] = colour.clamp(0.0, 1.0)
         return TexturedRender(rgb=rgb, mask=mask, depth=frags.depth)
 
-
-def _pixel_ray_dirs(camera: Camera) -> torch.Tensor:
-    """(H, W, 3) unit world directions of the rays through the pixel centres."""
-    j = torch.arange(camera.width, dtype=torch.float32) + 0.5
-    i = torch.arange(camera.height, dtype=torch.float32) + 0.5
-    ii, jj = torch.meshgrid(i, j, indexing="ij")
-    pix = torch.stack([jj, ii, torch.ones_like(jj)], dim=-1)
-    d_cam = pix @ torch.linalg.inv(camera.K).T
-    d_world = d_cam @ camera.R  # R^T d for row vectors
-    return torch.nn.functional.normalize(d_world, dim=-1)

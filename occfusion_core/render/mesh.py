@@ -108,62 +108,67 @@ def rasterize_mesh(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera, 
     face_ids = torch.nonzero(keep).squeeze(1)
     if face_ids.numel() == 0:
         return _fragments(face_index, bary_out, depth_out, H, W)
-    counts = nx[face_ids] * ny[face_ids]
+    kept = _KeptFaces(
+        ids=face_ids, vertex_ids=faces[face_ids], i0=i0[face_ids], j0=j0[face_ids], nx=nx[face_ids],
+        counts=nx[face_ids] * ny[face_ids],
+        edges=_edge_coefficients(uv, faces[face_ids], torch.sign(area[face_ids])),
+    )
 
     # Chunks of whole faces, each at most _MAX_PAIRS_PER_CHUNK pairs (a single huge face may exceed it).
-    cum = torch.cumsum(counts, 0)
-    chunk_of_face = torch.div(cum - counts, _MAX_PAIRS_PER_CHUNK, rounding_mode="floor")
+    cum = torch.cumsum(kept.counts, 0)
+    chunk_of_face = torch.div(cum - kept.counts, _MAX_PAIRS_PER_CHUNK, rounding_mode="floor")
     for chunk in torch.unique(chunk_of_face).tolist():
-        ids = face_ids[chunk_of_face == chunk]
-        _rasterize_chunk(ids, counts[chunk_of_face == chunk], faces, uv, z, area, i0, j0, nx, W,
-                         face_index, bary_out, depth_out, best_key)
+        sel = torch.nonzero(chunk_of_face == chunk).squeeze(1)
+        _rasterize_chunk(sel, kept, z, W, face_index, bary_out, depth_out, best_key)
     return _fragments(face_index, bary_out, depth_out, H, W)
 
 
-def _rasterize_chunk(ids, counts, faces, uv, z, area, i0, j0, nx, W, face_index, bary_out, depth_out, best_key):
-    """Rasterize faces ``ids`` into the flat buffers (updated in place); see :func:`rasterize_mesh`."""
-    device = uv.device
+@dataclass
+class _KeptFaces:
+    """Per-face data of the faces that may cover a pixel (K of them)."""
+
+    ids: torch.Tensor  # (K,) face index in the input mesh
+    vertex_ids: torch.Tensor  # (K, 3)
+    i0: torch.Tensor  # (K,) first candidate row
+    j0: torch.Tensor  # (K,) first candidate column
+    nx: torch.Tensor  # (K,) candidate columns
+    counts: torch.Tensor  # (K,) candidate pixels
+    edges: tuple  # (A, B, C, tie), each (K, 3): see _edge_coefficients
+
+
+def _rasterize_chunk(sel, kept: _KeptFaces, z, W, face_index, bary_out, depth_out, best_key) -> None:
+    """Rasterize kept faces ``sel`` (indices into ``kept``) into the flat buffers, in place."""
+    device = z.device
+    counts = kept.counts[sel]
     total = int(counts.sum())
-    pair_face = torch.repeat_interleave(ids, counts)  # (P,)
+    pair = torch.repeat_interleave(sel, counts)  # (P,) index into kept
     starts = torch.cumsum(counts, 0) - counts
     local = torch.arange(total, device=device) - torch.repeat_interleave(starts, counts)
-    row_len = nx[pair_face]
-    col = j0[pair_face] + local % row_len
-    row = i0[pair_face] + torch.div(local, row_len, rounding_mode="floor")
-    centre = torch.stack([col.to(torch.float64) + 0.5, row.to(torch.float64) + 0.5], dim=-1)  # (P, 2)
+    row_len = kept.nx[pair]
+    col = kept.j0[pair] + local % row_len
+    row = kept.i0[pair] + torch.div(local, row_len, rounding_mode="floor")
 
-    fv = faces[pair_face]  # (P, 3)
-    orient = torch.sign(area[pair_face])  # +1 / -1: makes "inside" positive for both windings
-    # w_k: edge function of the edge opposite vertex k, so w_k / sum(w) is vertex k's screen weight.
-    weights, inside = [], torch.ones(total, dtype=torch.bool, device=device)
-    for k in range(3):
-        ia, ib = fv[:, (k + 1) % 3], fv[:, (k + 2) % 3]
-        w, grad_x, grad_y = _shared_edge(uv, ia, ib, centre)
-        w, grad_x, grad_y = w * orient, grad_x * orient, grad_y * orient
-        # Tie rule for a centre exactly on an edge: it belongs to the side that the direction
-        # (1, +epsilon) points into. Two faces sharing the edge see opposite gradients, so exactly
-        # one of them takes the pixel (no gaps, no double cover).
-        on_edge_ok = (grad_x > 0) | ((grad_x == 0) & (grad_y > 0))
-        inside &= (w > 0) | ((w == 0) & on_edge_ok)
-        weights.append(w)
-    lam = torch.stack(weights, dim=-1)[inside]  # (P', 3) screen-space weights, unnormalised
-    if lam.numel() == 0:
+    A, B, C, tie = (e[pair] for e in kept.edges)  # (P, 3) each
+    w = A * (col.to(A.dtype) + 0.5)[:, None] + B * (row.to(A.dtype) + 0.5)[:, None] + C
+    inside = ((w > 0) | ((w == 0) & tie)).all(dim=1)
+    if not bool(inside.any()):
         return
-    pair_face, pix = pair_face[inside], (row * W + col)[inside]
-    lam = lam / lam.sum(dim=-1, keepdim=True)
-    inv_z = lam / z[faces[pair_face]]  # perspective correction: interpolate 1/z linearly on screen
+    pair, pix, lam = pair[inside], (row * W + col)[inside], w[inside]
+    lam = lam / lam.sum(dim=-1, keepdim=True)  # screen-space barycentrics
+    inv_z = lam / z[kept.vertex_ids[pair]]  # perspective correction: 1/z is linear on screen
     inv_depth = inv_z.sum(dim=-1)
     bary = inv_z / inv_depth[:, None]
     depth = (1.0 / inv_depth).to(torch.float32)
+    face = kept.ids[pair]
 
     # Positive float32 bit patterns sort like the floats, so the key orders by depth, then face id.
-    key = (depth.view(torch.int32).to(torch.int64) << _FACE_BITS) | pair_face
+    key = (depth.view(torch.int32).to(torch.int64) << _FACE_BITS) | face
     chunk_min = torch.full_like(best_key, torch.iinfo(torch.int64).max)
     chunk_min.scatter_reduce_(0, pix, key, reduce="amin")
     win = (key == chunk_min[pix]) & (key < best_key[pix])
     wpix = pix[win]
     best_key[wpix] = key[win]
-    face_index[wpix] = pair_face[win]
+    face_index[wpix] = face[win]
     bary_out[wpix] = bary[win].to(torch.float32)
     depth_out[wpix] = depth[win]
 
@@ -173,25 +178,33 @@ def _edge(a: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return (b[..., 0] - a[..., 0]) * (p[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (p[..., 0] - a[..., 0])
 
 
-def _shared_edge(uv: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor, p: torch.Tensor):
-    """Edge function of the directed edge ia -> ib at p, and its gradient in p.
+def _edge_coefficients(uv: torch.Tensor, faces: torch.Tensor, orient: torch.Tensor):
+    """Oriented edge functions w_k(x, y) = A_k x + B_k y + C_k of each face's three edges.
 
-    Evaluated from the lower vertex index to the higher one and negated when the edge runs the other
-    way, so two faces sharing an edge get bitwise-opposite values (watertight edge tests).
+    w_k belongs to the edge opposite vertex k, is positive inside the face whatever its winding, and
+    w_k / sum(w) is vertex k's screen-space barycentric weight. Coefficients are computed from the
+    edge's lower vertex index to the higher one and then signed, so two faces sharing an edge get
+    bitwise-opposite values at every point (watertight edge tests).
+
+    Tie rule for a pixel centre exactly on an edge: it belongs to the face that the direction
+    (1, +epsilon) points into, i.e. where the inside gradient (A, B) has A > 0, or A == 0 and B > 0.
+    Faces sharing an edge have opposite gradients, so exactly one of them takes the pixel.
 
     Args:
-        uv: (V, 2) screen coordinates; ia, ib: (P,) vertex indices; p: (P, 2) sample points.
+        uv: (V, 2) screen coordinates; faces: (K, 3) vertex indices; orient: (K,) sign of the area.
     Returns:
-        (w, dw/dx, dw/dy), each (P,).
+        (A, B, C, tie), each (K, 3); tie is bool.
     """
+    ia, ib = faces[:, [1, 2, 0]], faces[:, [2, 0, 1]]  # edge k runs from vertex k+1 to vertex k+2
     flip = ia > ib
-    lo_i, hi_i = torch.where(flip, ib, ia), torch.where(flip, ia, ib)
-    a, b = uv[lo_i], uv[hi_i]
-    sign = torch.where(flip, -1.0, 1.0).to(uv.dtype)
-    w = _edge(a, b, p) * sign
-    grad_x = -(b[:, 1] - a[:, 1]) * sign
-    grad_y = (b[:, 0] - a[:, 0]) * sign
-    return w, grad_x, grad_y
+    a, b = uv[torch.where(flip, ib, ia)], uv[torch.where(flip, ia, ib)]  # (K, 3, 2)
+    A = a[..., 1] - b[..., 1]
+    B = b[..., 0] - a[..., 0]
+    C = -(A * a[..., 0] + B * a[..., 1])
+    sign = torch.where(flip, -1.0, 1.0).to(uv.dtype) * orient[:, None]
+    A, B, C = A * sign, B * sign, C * sign
+    tie = (A > 0) | ((A == 0) & (B > 0))
+    return A, B, C, tie
 
 
 def _fragments(face_index, bary, depth, H, W) -> Fragments:
@@ -210,10 +223,12 @@ def interpolate(fragments: Fragments, vertex_attr: torch.Tensor, faces: torch.Te
         (H, W, C) interpolated attributes in ``vertex_attr``'s dtype; 0 at empty pixels.
     """
     faces = torch.as_tensor(faces, dtype=torch.long, device=vertex_attr.device)
-    fi = fragments.face_index.clamp(min=0)
-    corner_attr = vertex_attr[faces[fi]]  # (H, W, 3, C)
-    out = (fragments.bary.to(vertex_attr.dtype)[..., None] * corner_attr).sum(dim=-2)
-    return torch.where(fragments.mask[..., None], out, torch.zeros_like(out))
+    mask = fragments.mask
+    corner_attr = vertex_attr[faces[fragments.face_index[mask]]]  # (N, 3, C), covered pixels only
+    values = (fragments.bary[mask].to(vertex_attr.dtype)[..., None] * corner_attr).sum(dim=-2)
+    out = vertex_attr.new_zeros(*mask.shape, vertex_attr.shape[1])
+    out[mask] = values
+    return out
 
 
 def silhouette(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera, near: float = 0.01) -> torch.Tensor:
@@ -224,6 +239,17 @@ def silhouette(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera, near
 def depth_map(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera, near: float = 0.01) -> torch.Tensor:
     """(H, W) float32 camera-space depth of the nearest surface; +inf where empty."""
     return rasterize_mesh(vertices, faces, camera, near).depth
+
+
+def pixel_ray_directions(camera: Camera) -> torch.Tensor:
+    """(H, W, 3) unit world directions of the rays from the camera centre through the pixel centres."""
+    j = torch.arange(camera.width, dtype=torch.float64) + 0.5
+    i = torch.arange(camera.height, dtype=torch.float64) + 0.5
+    ii, jj = torch.meshgrid(i, j, indexing="ij")
+    pixels = torch.stack([jj, ii, torch.ones_like(jj)], dim=-1)  # homogeneous pixel centres
+    cam = camera.to("cpu", torch.float64)
+    d_world = pixels @ torch.linalg.inv(cam.K).T @ cam.R  # R^T d, as row vectors
+    return torch.nn.functional.normalize(d_world, dim=-1).to(torch.float32)
 
 
 def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
