@@ -201,6 +201,37 @@ class OptimizeConfig:
     """Score distillation on the silhouette (stage 1 of the full method)."""
 
 
+def _refine_densify() -> "DensifyConfig":
+    # OccFusion stage 3: every 200 iterations from 200 to 1000 after the stage-1 end (§5).
+    return DensifyConfig(enabled=True, start_iter=0, stop_iter=1001, interval=200)
+
+
+@dataclass
+class RefineConfig:
+    iterations: int = 1800
+    """Stage-3 iterations after the stage-1 end (the paper: 1800, i.e. 1201..3000)."""
+    seed: int = 0
+    """Random seed."""
+    backend: str = "auto"
+    """Rasterizer backend (see OptimizeConfig.backend)."""
+    device: str = "auto"
+    """'auto', 'cpu' or 'cuda'."""
+    lambda_l1: float = 2.0
+    """Weight of L1 against the input on body-box pixels outside the hidden region."""
+    lambda_mask: float = 0.1
+    """Weight of the squared alpha-vs-complete-mask loss in the body box."""
+    lambda_gen_l1: float = 0.1
+    """Weight of L1 against the stage-2 inpainted frame in the body box (hidden pixels included)."""
+    lambda_gen_lpips: float = 0.2
+    """Weight of LPIPS-VGG against the stage-2 frame; used only where LPIPS can be computed."""
+    checkpoint_every: int = 200
+    """Write a resumable checkpoint every this many iterations."""
+    log_every: int = 50
+    """Log the loss terms every this many iterations."""
+    densify: DensifyConfig = field(default_factory=_refine_densify)
+    """KL densification; iteration numbers count from the start of stage 3."""
+
+
 @dataclass
 class RenderConfig:
     orbit_frames: int = 36
@@ -228,5 +259,5 @@ class MetricsConfig:
 _TYPES = {
     c.__name__: c
     for c in (BodyModelConfig, SyntheticConfig, SDSConfig, DensifyConfig, OptimizeConfig,
-              RenderConfig, MetricsConfig)
+              RefineConfig, RenderConfig, MetricsConfig)
 }

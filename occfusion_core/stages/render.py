@@ -130,11 +130,17 @@ def render_all(data_dir, model_path, body_model_path, cfg: RenderConfig, out_dir
 
     # Novel poses: a motion the subject never performed, seen from the training camera, keeping
     # the first frame's global orientation and position.
-    motion = novel_pose_motion(cfg.novel_pose_motion, cfg.novel_pose_frames)
+    from scipy.spatial.transform import Rotation
+
+    motion = torch.as_tensor(novel_pose_motion(cfg.novel_pose_motion, cfg.novel_pose_frames), dtype=torch.float32)
+    root0 = Rotation.from_rotvec(params["poses"][0, :3].double().numpy())
+    # the motion's own root rotation (hip sway), turned to face the way the subject faced in frame 0
+    roots = torch.as_tensor((root0 * Rotation.from_rotvec(motion[:, :3].double().numpy())).as_rotvec(),
+                            dtype=torch.float32)
     novel = []
-    for j, pose in enumerate(torch.as_tensor(motion, dtype=torch.float32)):
+    for j, pose in enumerate(motion):
         pose = pose.clone()
-        pose[:3] = params["poses"][0][:3]
+        pose[:3] = roots[j]
         img = render(pose, params["betas"][0], params["trans"][0], seq.camera(seq.frames[0]))
         write_image(tmp / "novel_pose" / f"{j:05d}.png", img)
         novel.append(img)

@@ -1,0 +1,110 @@
+"""Stage 3 (refine): continue the stage-1 model on the stage-2 in-context inpainted frames.
+
+Losses (occfusion-reference.md §5), per frame with G the complete mask (stage 0), V the visible
+mask, B the projected body box and the hidden region H = G·(1 − V):
+- L1 against the input on B pixels outside H (weight ``lambda_l1``),
+- squared alpha − G on B (``lambda_mask``),
+- L1 (``lambda_gen_l1``) and LPIPS (``lambda_gen_lpips``, where computable) against the stage-2
+  frame composited on the background outside G, in the body box.
+KL densification every 200 iterations between 200 and 1000 (``RefineConfig.densify``). The
+optimiser state and the learning-rate schedule continue from stage 1 (its model.pt holds both).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import OptimizeConfig, RefineConfig, from_dict, to_dict
+from ..io import load_torch, read_image, save_torch
+from ..losses import LPIPSLoss, box_crop, masked_mean
+from .common import load_training_frames, pick_device
+from .optimize import input_signature, render_training_frames
+from .training import TrainSchedule, train_gaussians
+
+log = logging.getLogger(__name__)
+
+
+def load_generated_frames(frames, inpainted_dir, background, device) -> dict[str, torch.Tensor]:
+    """Stage-2 frames as (H, W, 3) tensors, composited on the background outside the complete mask."""
+    bg = torch.as_tensor(background, dtype=torch.float32, device=device)
+    out = {}
+    for f in frames:
+        img = torch.from_numpy(np.array(read_image(Path(inpainted_dir) / f"{f.name}.png"))).float().to(device) / 255
+        if img.shape != f.image.shape:
+            raise ValueError(f"{inpainted_dir}/{f.name}.png: size {tuple(img.shape)} differs from the frame "
+                             f"{tuple(f.image.shape)}")
+        out[f.name] = torch.where(f.target_mask > 0.5, img, bg)
+    return out
+
+
+def refine(data_dir, body_model_path, stage1_model, complete_masks_dir, inpainted_dir, cfg: RefineConfig,
+           out_model, out_renders, checkpoint_dir, progress: bool = True) -> dict:
+    """Run stage 3 from ``stage1_model`` and write ``out_model`` and ``out_renders``."""
+    from ..body.model import load_body_model
+    from ..data.sequence import read_sequence
+    from ..gaussians.human import HumanGaussians
+    from ..render.backends import resolve_backend
+
+    device = pick_device(cfg.device)
+    backend = resolve_backend(cfg.backend)
+    seq = read_sequence(data_dir)
+    body = load_body_model(body_model_path).to(device)
+    saved = load_torch(stage1_model, map_location=str(device))
+    stage1_cfg = from_dict(OptimizeConfig, saved["config"], "stage-1 model config")
+    frames = load_training_frames(seq, body, stage1_cfg.background, device, complete_masks_dir)
+    generated = load_generated_frames(frames, inpainted_dir, stage1_cfg.background, device)
+    model = HumanGaussians.from_capture(body, saved["model"]).to(device)
+    optimizer = model.make_optimizer(stage1_cfg)
+    optimizer.load_state_dict(saved["optimizer"])
+    lpips = LPIPSLoss(device) if cfg.lambda_gen_lpips > 0 else None
+    if lpips is not None and not lpips.available:
+        log.warning("stage-3 LPIPS term skipped: %s", lpips.reason)
+    background = torch.tensor(stage1_cfg.background, device=device)
+
+    def loss_fn(render, frame, iteration):
+        rgb, alpha = render.rgb, render.alpha
+        hidden = (frame.target_mask > 0.5) & ~frame.visible
+        keep = frame.box & ~hidden
+        terms = {"l1": masked_mean((rgb - frame.image).abs(), keep),
+                 "mask": masked_mean((alpha - frame.target_mask) ** 2, frame.box)}
+        gen = generated[frame.name]
+        box = frame.box_xyxy
+        terms["gen_l1"] = (box_crop(rgb, box) - box_crop(gen, box)).abs().mean()
+        total = cfg.lambda_l1 * terms["l1"] + cfg.lambda_mask * terms["mask"] + cfg.lambda_gen_l1 * terms["gen_l1"]
+        if lpips is not None and lpips.available:
+            terms["gen_lpips"] = lpips(box_crop(rgb, box), box_crop(gen, box))
+            total = total + cfg.lambda_gen_lpips * terms["gen_lpips"]
+        terms["total"] = total
+        return terms
+
+    first = int(saved["iteration"]) + 1
+    schedule = TrainSchedule(first=first, last=first + cfg.iterations - 1, lr=stage1_cfg, densify=cfg.densify,
+                             sh_increase_every=stage1_cfg.sh_increase_every,
+                             checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every)
+    signature = input_signature({"refine": to_dict(cfg), "stage1": str(saved.get("seconds"))}, data_dir,
+                                body_model_path, complete_masks_dir, inpainted_dir)
+    model, optimizer, history, seconds, resumed = train_gaussians(
+        model, optimizer, body, frames, loss_fn, schedule, background, backend, checkpoint_dir, signature,
+        cfg.seed, label="stage 3", progress=progress)
+
+    methods = dict(saved.get("methods", {}))
+    methods["stage3"] = "refinement on stage-2 frames" + ("" if lpips and lpips.available else " (no LPIPS term)")
+    save_torch(out_model, {
+        "model": model.capture(), "optimizer": optimizer.state_dict(), "iteration": schedule.last,
+        "config": to_dict(stage1_cfg), "refine_config": to_dict(cfg), "history": saved.get("history", []) + history,
+        "backend": backend, "device": str(device), "stage": "refine",
+        "seconds": float(saved.get("seconds", 0.0)) + seconds, "stage3_seconds": seconds,
+        "resumed_from": resumed, "methods": methods,
+    })
+    render_training_frames(model, frames, background, backend, out_renders)
+    if Path(checkpoint_dir).exists():
+        shutil.rmtree(checkpoint_dir)
+    summary = {"iterations": cfg.iterations, "resumed_from": resumed, "seconds": round(seconds, 1),
+               "gaussians": model.num_gaussians, "final": history[-1] if history else None}
+    log.info("stage 3 done: %s", summary)
+    return summary
