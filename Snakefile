@@ -23,7 +23,9 @@ wildcard_constraints:
 
 
 include: "rules/data.smk"
+include: "rules/masks.smk"
 include: "rules/optimize.smk"
+include: "rules/refine.smk"
 include: "rules/render.smk"
 include: "rules/metrics.smk"
 

@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
+from .priors.configs import GuidanceConfig, InpaintConfig, MaskCompletionConfig
+
 T = TypeVar("T")
 
 
@@ -62,6 +64,8 @@ def _dataclass_type(f: dataclasses.Field):
     t = f.type
     if isinstance(t, str):
         t = _TYPES.get(t.replace("Optional[", "").rstrip("]"))
+    if isinstance(value := f.default_factory, type) and dataclasses.is_dataclass(value):
+        t = value
     return t if dataclasses.is_dataclass(t) else None
 
 
@@ -106,12 +110,6 @@ class SyntheticConfig:
     """Held-out views are rendered on every k-th frame."""
     background: str = "studio"
     """'studio' (textured wall and floor), 'white' or 'black'."""
-
-
-@dataclass
-class SDSConfig:
-    enabled: bool = False
-    """Use score distillation (stage 1)."""
 
 
 @dataclass
@@ -197,8 +195,8 @@ class OptimizeConfig:
     """Log the loss terms every this many iterations."""
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     """KL densification (off in OccFusion stage 1)."""
-    sds: SDSConfig = field(default_factory=SDSConfig)
-    """Score distillation on the silhouette (stage 1 of the full method)."""
+    sds: GuidanceConfig = field(default_factory=GuidanceConfig)
+    """Score distillation on the rendered silhouette (OccFusion stage 1; needs SD weights)."""
 
 
 def _refine_densify() -> "DensifyConfig":
@@ -258,6 +256,6 @@ class MetricsConfig:
 
 _TYPES = {
     c.__name__: c
-    for c in (BodyModelConfig, SyntheticConfig, SDSConfig, DensifyConfig, OptimizeConfig,
-              RefineConfig, RenderConfig, MetricsConfig)
+    for c in (BodyModelConfig, SyntheticConfig, GuidanceConfig, DensifyConfig, OptimizeConfig,
+              RefineConfig, RenderConfig, MetricsConfig, MaskCompletionConfig, InpaintConfig)
 }

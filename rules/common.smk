@@ -27,6 +27,25 @@ def wildcard_pattern(names):
     return "|".join(map(re.escape, names))
 
 
+STAGE_ORDER = ["complete_masks", "optimize", "incontext_inpaint", "refine"]
+
+
+def variant_stages(variant):
+    """The stages a variant runs, in DAG order (optimize always)."""
+    listed = set(VARIANTS[variant].get("stages", ["optimize"])) | {"optimize"}
+    return [s for s in STAGE_ORDER if s in listed]
+
+
+for _variant in VARIANTS:
+    _stages = variant_stages(_variant)
+    _mask_source = merge(config.get("optimize", {}), VARIANTS[_variant].get("optimize", {}))
+    if "refine" in _stages and "incontext_inpaint" not in _stages:
+        raise ValueError(f"config: variants.{_variant}.stages has refine without incontext_inpaint")
+    if _mask_source.get("mask_source") == "complete" and "complete_masks" not in _stages:
+        raise ValueError(f"config: variants.{_variant}.optimize.mask_source is 'complete' but "
+                         f"variants.{_variant}.stages lacks complete_masks")
+
+
 def variants_of(subject):
     """Variants that run on a subject (all of them unless the subject lists its own)."""
     return SUBJECTS[subject].get("variants", list(VARIANTS))
@@ -59,7 +78,16 @@ def core_code(*modules):
 
 
 def final_model(wildcards):
-    return f"results/{wildcards.subject}/{wildcards.variant}/stage1/model.pt"
+    """The last model a variant trains: stage 3's when it refines, else stage 1's."""
+    stage = "stage3" if "refine" in variant_stages(wildcards.variant) else "stage1"
+    return f"results/{wildcards.subject}/{wildcards.variant}/{stage}/model.pt"
+
+
+def stage0_masks(wildcards):
+    """Stage-0 complete masks as an input of stage 1 when the variant has stage 0 (else none)."""
+    if "complete_masks" in variant_stages(wildcards.variant):
+        return f"results/{wildcards.subject}/{wildcards.variant}/stage0/masks"
+    return []
 
 
 def subject_variant_pairs():

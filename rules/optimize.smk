@@ -6,7 +6,8 @@ rule optimize:
         data="results/{subject}/data",
         report="results/{subject}/data_report.json",
         body=body_model_file(),
-        code=core_code("stages/optimize", "gaussians", "render", "losses"),
+        masks=stage0_masks,
+        code=core_code("stages/optimize", "stages/training", "gaussians", "render", "losses"),
     output:
         model="results/{subject}/{variant}/stage1/model.pt",
         renders=directory("results/{subject}/{variant}/stage1/renders"),

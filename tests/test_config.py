@@ -21,7 +21,9 @@ def schema_defs():
 
 @pytest.mark.parametrize("name,cls", [
     ("optimize", C.OptimizeConfig), ("render", C.RenderConfig), ("metrics", C.MetricsConfig),
-    ("synthetic", C.SyntheticConfig), ("densify", C.DensifyConfig), ("sds", C.SDSConfig),
+    ("synthetic", C.SyntheticConfig), ("densify", C.DensifyConfig), ("sds", C.GuidanceConfig),
+    ("complete_masks", C.MaskCompletionConfig), ("incontext_inpaint", C.InpaintConfig),
+    ("refine", C.RefineConfig),
 ])
 def test_schema_and_dataclasses_name_the_same_fields(name, cls):
     in_schema = set(schema_defs()[name]["properties"])

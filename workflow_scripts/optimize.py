@@ -17,4 +17,5 @@ with run_logged(sm.log[0], threads=sm.threads):
         out_model=sm.output.model,
         out_renders=sm.output.renders,
         checkpoint_dir=sm.params.checkpoints,
+        complete_masks_dir=sm.input.masks or None,
     )

@@ -115,7 +115,7 @@ def optimize(data_dir, body_model_path, cfg: OptimizeConfig, out_model, out_rend
                              checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every)
     signature = input_signature(to_dict(cfg), data_dir, body_model_path, masks_dir)
     model, optimizer, history, seconds, resumed = train_gaussians(
-        model, optimizer, body, frames, loss_fn, schedule, background, backend, checkpoint_dir,
+        model, optimizer, frames, loss_fn, schedule, background, backend, checkpoint_dir,
         signature, cfg.seed, label="stage 1", progress=progress)
 
     methods = {"stage1": "gaussian optimisation, " + (f"SDS ({guidance.describe()})" if guidance else "no SDS"),

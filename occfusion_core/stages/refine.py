@@ -22,7 +22,7 @@ import torch
 from ..config import OptimizeConfig, RefineConfig, from_dict, to_dict
 from ..io import load_torch, read_image, save_torch
 from ..losses import LPIPSLoss, box_crop, masked_mean
-from .common import load_training_frames, pick_device
+from .common import file_digest, load_training_frames, pick_device
 from .optimize import input_signature, render_training_frames
 from .training import TrainSchedule, train_gaussians
 
@@ -86,10 +86,10 @@ def refine(data_dir, body_model_path, stage1_model, complete_masks_dir, inpainte
     schedule = TrainSchedule(first=first, last=first + cfg.iterations - 1, lr=stage1_cfg, densify=cfg.densify,
                              sh_increase_every=stage1_cfg.sh_increase_every,
                              checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every)
-    signature = input_signature({"refine": to_dict(cfg), "stage1": str(saved.get("seconds"))}, data_dir,
+    signature = input_signature({"refine": to_dict(cfg), "stage1": file_digest(stage1_model)}, data_dir,
                                 body_model_path, complete_masks_dir, inpainted_dir)
     model, optimizer, history, seconds, resumed = train_gaussians(
-        model, optimizer, body, frames, loss_fn, schedule, background, backend, checkpoint_dir, signature,
+        model, optimizer, frames, loss_fn, schedule, background, backend, checkpoint_dir, signature,
         cfg.seed, label="stage 3", progress=progress)
 
     methods = dict(saved.get("methods", {}))

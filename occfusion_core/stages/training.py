@@ -57,21 +57,18 @@ class TrainSchedule:
     log_every: int
 
 
-def train_gaussians(model, optimizer, body, frames: list, loss_fn: Callable, schedule: TrainSchedule,
+def train_gaussians(model, optimizer, frames: list, loss_fn: Callable, schedule: TrainSchedule,
                     background: torch.Tensor, backend: str, checkpoint_dir, signature: str, seed: int,
                     label: str = "train", progress: bool = True) -> tuple:
     """Run ``schedule.first .. schedule.last``; resume from ``checkpoint_dir`` when it matches.
 
-    Args:
-        body: the body model the Gaussians were built on (to rebuild them from a checkpoint).
     Returns:
         (model, optimizer, history: list of logged rows, seconds spent, resumed_from global iteration)
-        — model and optimizer may be new objects when a checkpoint was resumed.
+        — the optimizer is a new object when a checkpoint was resumed; the model is restored in place.
     """
     from tqdm import tqdm
 
     from ..gaussians.densify import DensifyState, densify_and_prune
-    from ..gaussians.human import HumanGaussians
     from ..render.rasterize import rasterize
 
     device = background.device
@@ -85,7 +82,7 @@ def train_gaussians(model, optimizer, body, frames: list, loss_fn: Callable, sch
     if ckpt_path.exists():
         ckpt = load_torch(ckpt_path, map_location=str(device))
         if ckpt.get("signature") == signature:
-            model = HumanGaussians.from_capture(body, ckpt["model"]).to(device)
+            model.restore(ckpt["model"])  # in place: loss functions may hold the model
             optimizer = torch.optim.Adam(model.param_groups(schedule.lr), lr=0.0, eps=1e-15)
             optimizer.load_state_dict(ckpt["optimizer"])
             densify = DensifyState(model.num_gaussians, device=device)

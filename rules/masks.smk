@@ -1,0 +1,27 @@
+# Stage 0: complete person masks (diffusion inpainting + SAM-HQ, or the body-silhouette method).
+
+
+rule complete_masks:
+    input:
+        data="results/{subject}/data",
+        report="results/{subject}/data_report.json",
+        body=body_model_file(),
+        code=core_code("stages/masks", "priors", "render/mesh"),
+    output:
+        masks=directory("results/{subject}/{variant}/stage0/masks"),
+        report="results/{subject}/{variant}/stage0/report.json",
+    params:
+        cfg=lambda wc: stage_config("complete_masks", wc.variant),
+    log:
+        "results/logs/complete_masks/{subject}.{variant}.log",
+    benchmark:
+        "results/benchmarks/complete_masks/{subject}.{variant}.tsv"
+    conda:
+        "../envs/segmentation.yaml"
+    threads: gpu_threads()
+    resources:
+        gpu=1,
+        mem_mb=12000,
+        runtime=60,
+    script:
+        "../workflow_scripts/complete_masks.py"

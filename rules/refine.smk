@@ -1,0 +1,56 @@
+# Stage 2: in-context inpainting of the hidden pixels; stage 3: refinement on the inpainted frames.
+
+
+rule incontext_inpaint:
+    input:
+        data="results/{subject}/data",
+        renders="results/{subject}/{variant}/stage1/renders",
+        body=body_model_file(),
+        code=core_code("stages/incontext", "priors"),
+    output:
+        frames=directory("results/{subject}/{variant}/stage2/inpainted"),
+        report="results/{subject}/{variant}/stage2/report.json",
+    params:
+        cfg=lambda wc: stage_config("incontext_inpaint", wc.variant),
+    log:
+        "results/logs/incontext_inpaint/{subject}.{variant}.log",
+    benchmark:
+        "results/benchmarks/incontext_inpaint/{subject}.{variant}.tsv"
+    conda:
+        "../envs/diffusion.yaml"
+    threads: gpu_threads()
+    resources:
+        gpu=1,
+        mem_mb=12000,
+        runtime=60,
+    script:
+        "../workflow_scripts/incontext_inpaint.py"
+
+
+rule refine:
+    input:
+        data="results/{subject}/data",
+        body=body_model_file(),
+        stage1="results/{subject}/{variant}/stage1/model.pt",
+        masks="results/{subject}/{variant}/stage0/masks",
+        inpainted="results/{subject}/{variant}/stage2/inpainted",
+        code=core_code("stages/refine", "stages/training", "gaussians", "render", "losses"),
+    output:
+        model="results/{subject}/{variant}/stage3/model.pt",
+        renders=directory("results/{subject}/{variant}/stage3/renders"),
+    params:
+        cfg=lambda wc: stage_config("refine", wc.variant),
+        checkpoints="results/{subject}/{variant}/stage3/checkpoints",
+    log:
+        "results/logs/refine/{subject}.{variant}.log",
+    benchmark:
+        "results/benchmarks/refine/{subject}.{variant}.tsv"
+    conda:
+        "../envs/core.yaml"
+    threads: gpu_threads()
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=120,
+    script:
+        "../workflow_scripts/refine.py"
