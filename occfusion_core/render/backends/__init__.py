@@ -12,10 +12,12 @@ Two kinds of backend exist:
   covars and one of colors / sh is not None).
 
 Built-in backends live in modules of this package that are imported only when first asked for, so
-a missing compiler or CUDA never breaks ``import occfusion_core``. Such a module registers itself at
-import time with :func:`register_pixel_backend` / :func:`register_full_backend`; when it cannot
-work on this machine (no CUDA, extension fails to compile) it raises instead, and the reason is
-logged once and remembered.
+a missing compiler or CUDA never breaks ``import occfusion_core``. Loading one imports its module
+and, if the module defines ``register_backend()``, calls it (so importing stays cheap and a
+compiled extension is built only here); either the import or that call must end with the backend
+registered through :func:`register_pixel_backend` / :func:`register_full_backend`. When it cannot
+work on this machine (no CUDA, extension fails to compile) it raises instead; the reason is
+logged once and remembered, and "auto" moves on to the next candidate.
 """
 
 from __future__ import annotations
@@ -84,13 +86,17 @@ def _try_load(name: str) -> bool:
         return False
     module = BUILTIN_BACKEND_MODULES[name]
     try:
-        importlib.import_module(module)
+        loaded = importlib.import_module(module)
+        if name not in _REGISTRY and callable(getattr(loaded, "register_backend", None)):
+            loaded.register_backend()
         if name not in _REGISTRY:
             raise RuntimeError(f"module {module} imported but did not register backend {name!r}")
     except Exception as err:  # noqa: BLE001 - any failure just makes the backend unavailable
         reason = f"{type(err).__name__}: {err}"
         _LOAD_FAILURES[name] = reason
-        log.warning("rasterizer backend %r unavailable (%s)", name, reason)
+        # A missing optional package (gsplat on a CPU machine) is expected; a build error is not.
+        level = logging.INFO if isinstance(err, ImportError) else logging.WARNING
+        log.log(level, "rasterizer backend %r unavailable (%s)", name, reason)
         return False
     return True
 
