@@ -4,7 +4,8 @@ Camera convention: the camera sits at the world origin and looks down world -z, 
 x right (``w2c = diag(1, -1, -1, 1)``, :data:`CAMERA_W2C`). A person standing upright in front of a
 level camera therefore stands upright in the world, along +y, facing the camera with zero global
 orientation (SMPL's body faces +z) -- so a later orbit about the world y axis circles the person.
-The camera's tilt is not known from one view: a level camera is assumed.
+The camera's tilt cannot be told from one view: it is level unless the user gives its pitch
+(:func:`camera_w2c`), e.g. a phone looking down at a person.
 
 Unknowns: per frame the global orientation and body pose (T, 72) and the translation (T, 3), and one
 shape (10,) shared by all frames. Objective:
@@ -12,10 +13,13 @@ shape (10,) shared by all frames. Objective:
 - 2D: robust (Geman-McClure) reprojection error of the body's landmarks (MediaPipe's 33, mapped onto
   the body by :data:`~occfusion_core.data.keypoints.LANDMARK_FROM_JOINTS45`), in units of the
   person's box height, weighted by detector visibility;
-- 3D: MediaPipe's metric world landmarks as a prior on the body's bone directions, compared after a
-  per-frame rotation aligns the two skeletons (MediaPipe's global orientation is not trusted, its
-  relative pose is; directions rather than positions, because MediaPipe's hips and shoulders are
-  defined differently from SMPL's joints);
+- 3D: MediaPipe's metric world landmarks as a prior on the body's bone directions (limbs, feet,
+  shoulder/hip/ear lines, spine, head). MediaPipe sees the person in a crop, i.e. along the ray
+  through the hips, so its axes are the camera's turned onto that ray (:func:`ray_rotation`), up to
+  one small rotation for the whole clip (fitted, with a quadratic prior; about 3 degrees on real
+  clips). Directions rather than root-relative positions, because
+  MediaPipe's hips and shoulders are defined differently from SMPL's joints and its bone lengths are
+  its own;
 - pose prior: a quadratic pull of every joint angle towards the rest pose (stiffer for the joints no
   keypoint sees: spine, collars, neck, hands, toes) plus soft per-joint angle limits (no knee or elbow
   hyper-extension, bounded spine, neck and wrist angles) -- no learned prior (VPoser) is available;
@@ -44,7 +48,28 @@ from .model import BodyModel
 CAMERA_W2C = np.diag([1.0, -1.0, -1.0, 1.0])
 """(4, 4) world-to-camera of the fitted video: camera at the origin, world y up, looking down -z."""
 
+
+
+def camera_w2c(pitch_deg: float = 0.0) -> np.ndarray:
+    """(4, 4) world-to-camera of a camera at the world origin, facing -z, pitched down by
+    ``pitch_deg`` (negative: looking up); world y stays up. 0 gives :data:`CAMERA_W2C`."""
+    from ..render.camera import look_at
+
+    a = math.radians(pitch_deg)
+    w2c = look_at((0.0, 0.0, 0.0), (0.0, -math.sin(a), -math.cos(a)), up=(0.0, 1.0, 0.0)).double().numpy()
+    return np.where(np.abs(w2c) < 1e-12, 0.0, w2c)
+
+
 _HIP_LANDMARKS = (23, 24)
+
+INITIAL_BODY_POSE = np.zeros(72)
+"""(72,) pose the fit starts from: elbows and knees slightly bent. From a straight limb, the twist that
+turns a bend towards a keypoint has no gradient (a forearm raised above a horizontal upper arm would
+stay stuck straight)."""
+INITIAL_BODY_POSE[[55, 58]] = (-0.35, 0.35)  # left / right elbow flexion (about y)
+INITIAL_BODY_POSE[[12, 15]] = 0.15  # knee flexion (about x)
+REFERENCE_FRAME_INTERVAL_S = 1.0 / 30.0
+"""Frame interval the smoothness weights of :class:`FitConfig` are meant for."""
 
 # Soft limits of each joint's local axis-angle components (x, y, z), radians. SMPL's rest pose is a
 # T-pose (arms along +-x, palms down); knee flexion is +x, left/right elbow flexion is -y/+y, a
@@ -54,8 +79,8 @@ _LIMITS = {
     1: ((-2.4, -0.9, -0.6), (0.7, 0.9, 1.4)),      # left hip
     2: ((-2.4, -0.9, -1.4), (0.7, 0.9, 0.6)),      # right hip
     3: ((-0.5, -0.5, -0.4), (0.9, 0.5, 0.4)),      # spine1
-    4: ((-0.05, -0.3, -0.3), (2.6, 0.3, 0.3)),     # left knee
-    5: ((-0.05, -0.3, -0.3), (2.6, 0.3, 0.3)),     # right knee
+    4: ((-0.05, -0.25, -0.25), (2.6, 0.25, 0.25)),  # left knee
+    5: ((-0.05, -0.25, -0.25), (2.6, 0.25, 0.25)),  # right knee
     6: ((-0.4, -0.4, -0.3), (0.6, 0.4, 0.3)),      # spine2
     7: ((-0.8, -0.6, -0.5), (0.8, 0.6, 0.5)),      # left ankle
     8: ((-0.8, -0.6, -0.5), (0.8, 0.6, 0.5)),      # right ankle
@@ -68,8 +93,8 @@ _LIMITS = {
     15: ((-0.6, -0.8, -0.5), (0.8, 0.8, 0.5)),     # head
     16: ((-2.0, -2.6, -1.7), (2.0, 1.0, 1.7)),     # left shoulder (+y: arm backwards)
     17: ((-2.0, -1.0, -1.7), (2.0, 2.6, 1.7)),     # right shoulder (-y: arm backwards)
-    18: ((-1.5, -2.7, -0.4), (1.5, 0.1, 0.4)),     # left elbow
-    19: ((-1.5, -0.1, -0.4), (1.5, 2.7, 0.4)),     # right elbow
+    18: ((-1.5, -2.7, -0.25), (1.5, 0.1, 0.25)),   # left elbow
+    19: ((-1.5, -0.1, -0.25), (1.5, 2.7, 0.25)),   # right elbow
     20: ((-1.2, -1.0, -1.3), (1.2, 1.0, 1.3)),     # left wrist
     21: ((-1.2, -1.0, -1.3), (1.2, 1.0, 1.3)),     # right wrist
     22: ((-0.5, -0.5, -0.5), (0.5, 0.5, 0.5)),     # left hand
@@ -80,11 +105,19 @@ JOINT_LIMITS_LOW = np.array([_LIMITS.get(j, ((-_INF,) * 3, (_INF,) * 3))[0] for 
 JOINT_LIMITS_HIGH = np.array([_LIMITS.get(j, ((-_INF,) * 3, (_INF,) * 3))[1] for j in range(24)])
 """(24, 3) upper limits of the local axis-angle components (+inf for the root)."""
 
-# Multiplier of the quadratic pull per joint: joints no keypoint constrains are stiff.
+# Multiplier of the quadratic pull per joint and axis-angle component. Joints no keypoint constrains
+# are stiff (the spine's split over three joints, collars, neck/head split, hands, toes), and so are
+# the rotations keypoints cannot tell from others: a forearm's roll about its own axis (elbow x,
+# wrist) and the off-hinge axes of elbows and knees (which trade against the shoulder's or hip's
+# twist). Seen limb rotations get only a faint pull, which settles e.g. the twist of a straight limb
+# without biasing what the keypoints show.
 _STIFF = {3: 10.0, 6: 10.0, 9: 10.0, 10: 10.0, 11: 10.0, 12: 5.0, 13: 10.0, 14: 10.0, 15: 5.0,
-          20: 5.0, 21: 5.0, 22: 10.0, 23: 10.0}
-POSE_PULL_WEIGHTS = np.array([0.0] + [_STIFF.get(j, 1.0) for j in range(1, 24)])
-"""(24,) per-joint multiplier of the quadratic pose prior (0 for the global orientation)."""
+          20: 1.0, 21: 1.0, 22: 10.0, 23: 10.0}
+_STIFF_COMPONENTS = {(18, 0): 10.0, (19, 0): 10.0, (18, 2): 10.0, (19, 2): 10.0,  # elbows: hinges about y
+                     (4, 1): 10.0, (4, 2): 10.0, (5, 1): 10.0, (5, 2): 10.0}  # knees: hinges about x
+POSE_PULL_WEIGHTS = np.array([[0.0] * 3] + [[_STIFF_COMPONENTS.get((j, c), _STIFF.get(j, 0.1)) for c in range(3)]
+                                            for j in range(1, 24)])
+"""(24, 3) multiplier of the quadratic pose prior per joint and component (0 for the global orientation)."""
 
 
 class JointsFK(torch.nn.Module):
@@ -135,15 +168,17 @@ class FitResult:
         betas: (10,) float64 shared shape.
         trans: (T, 3) float64 SMPL translation, metres.
         K: (3, 3) float64 intrinsics (as given).
-        w2c: (4, 4) float64 world-to-camera (:data:`CAMERA_W2C`).
+        w2c: (4, 4) float64 world-to-camera (:func:`camera_w2c`; :data:`CAMERA_W2C` when level).
         residual_px: (T,) mean 2D distance (pixels) between the fitted body's landmarks and the
             detected ones, over landmarks used by the fit and visible (NaN where none is).
         residual_fraction: (T,) residual_px / box_height_px.
         box_height_px: (T,) the person's box height the residuals are normalised by.
         landmark_error_px: (33,) mean 2D distance per landmark over the frames where it is visible
             (NaN where never visible or unused).
-        stage_losses: {stage: final total loss}.
+        stage_losses: {stage: {term: final weighted value}}.
         seconds: wall time of the fit.
+        detector_frame_offset_deg: angle of the clip-wide rotation between MediaPipe's skeleton frame
+            and the camera turned onto the hip ray (0 when no world landmarks were given).
     """
 
     poses: np.ndarray
@@ -157,6 +192,7 @@ class FitResult:
     landmark_error_px: np.ndarray
     stage_losses: dict = field(default_factory=dict)
     seconds: float = 0.0
+    detector_frame_offset_deg: float = 0.0
 
     def summary(self) -> dict:
         """JSON-ready residual summary."""
@@ -167,6 +203,7 @@ class FitResult:
             "reprojection_error_box_fraction_mean": float(frac.mean()) if frac.size else None,
             "reprojection_error_box_fraction_max": float(frac.max()) if frac.size else None,
             "stage_losses": self.stage_losses,
+            "detector_frame_offset_deg": round(self.detector_frame_offset_deg, 2),
             "seconds": round(self.seconds, 2),
         }
 
@@ -201,7 +238,21 @@ def _kabsch(src: torch.Tensor, dst: torch.Tensor, weights: torch.Tensor) -> torc
     return torch.where(few[:, None, None], torch.eye(3, dtype=R.dtype).expand_as(R), R)
 
 
-def _project(points_world: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor) -> torch.Tensor:
+def ray_rotation(uv: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Rotations (T, 3, 3) whose columns are the axes of a camera turned (minimally) from the optical
+    axis to look along the ray through pixel ``uv`` (T, 2): a crop-based detector such as MediaPipe
+    sees the person along that ray, so its camera-like axes are these, not the camera's."""
+    rays = np.linalg.solve(np.asarray(K, np.float64), np.concatenate([uv, np.ones((len(uv), 1))], 1).T).T
+    rays /= np.linalg.norm(rays, axis=1, keepdims=True)
+    z = np.array([0.0, 0.0, 1.0])
+    axis = np.cross(z, rays)
+    sin = np.linalg.norm(axis, axis=1, keepdims=True)
+    angle = np.arctan2(sin[:, 0], rays @ z)
+    rotvec = np.where(sin > 1e-12, axis / np.maximum(sin, 1e-12), 0.0) * angle[:, None]
+    return Rotation.from_rotvec(rotvec).as_matrix()
+
+
+def project_points(points_world: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor) -> torch.Tensor:
     """(..., 3) world points -> (..., 2) pixels; depth clamped at 5 cm so points never flip."""
     pc = points_world @ w2c[:3, :3].T + w2c[:3, 3]
     z = pc[..., 2:].clamp(min=0.05)
@@ -221,23 +272,25 @@ def _geman_mcclure(sq: torch.Tensor, sigma: float) -> torch.Tensor:
 
 @torch.no_grad()
 def initial_guess(fk: JointsFK, keypoints: np.ndarray, weights: np.ndarray, K: np.ndarray,
-                  world: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+                  world: np.ndarray | None, w2c: np.ndarray = CAMERA_W2C) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame global orientation and translation of the mean-shape rest-pose body.
 
     Orientation: the rotation aligning the body's torso (shoulder and hip landmarks) with MediaPipe's
     world landmarks, which are in camera-like axes (facing the camera when ``world`` is None). Depth
     from similar triangles, depth = f * height_m / height_px, with the height of the same visible
-    landmarks in the world landmarks (metres) and in the image (pixels); the hip centre then goes on
-    the ray through the detected hip centre.
+    landmarks in the world landmarks (metres) and in the image (pixels); the visible landmarks'
+    centroid goes on the ray through their image centroid at that depth, the hip centre at its offset
+    from them.
 
     Args:
-        keypoints: (T, 33, 2) pixels; weights (T, 33) (> 0: usable); K (3, 3); world (T, 33, 3) or None.
+        keypoints: (T, 33, 2) pixels; weights (T, 33) (> 0: usable); K (3, 3); world (T, 33, 3) or None;
+        w2c: (4, 4) the camera, its centre at the world origin.
 
     Returns:
-        global_orient (T, 3) axis-angle, trans (T, 3), world coordinates (:data:`CAMERA_W2C`).
+        global_orient (T, 3) axis-angle, trans (T, 3), world coordinates of ``w2c``.
     """
     T = keypoints.shape[0]
-    R_wc = CAMERA_W2C[:3, :3]
+    R_wc = np.asarray(w2c, np.float64)[:3, :3]
     zeros = torch.zeros(1, 72)
     rest_joints45, _ = fk(zeros, torch.zeros(1, 10), torch.zeros(1, 3))
     rest = (torch.as_tensor(LANDMARK_FROM_JOINTS45, dtype=torch.float32) @ rest_joints45[0]).double().numpy()
@@ -245,6 +298,8 @@ def initial_guess(fk: JointsFK, keypoints: np.ndarray, weights: np.ndarray, K: n
     hip_mid_rest = rest[list(_HIP_LANDMARKS)].mean(0)
     torso = list(TORSO_LANDMARKS)
     if world is not None:
+        # MediaPipe's world landmarks, turned from the hip ray's frame into the camera's
+        world = np.einsum("tij,tnj->tni", ray_rotation(keypoints[:, list(_HIP_LANDMARKS)].mean(1), K), world)
         w_torso = torch.as_tensor(weights[:, torso] > 0, dtype=torch.float64)
         R_cam = _kabsch(torch.as_tensor(rest[torso]).expand(T, -1, -1),
                         torch.as_tensor(world[:, torso], dtype=torch.float64), w_torso).numpy()
@@ -267,12 +322,13 @@ def initial_guess(fk: JointsFK, keypoints: np.ndarray, weights: np.ndarray, K: n
             rel = (rest - hip_mid_rest) @ R_cam[t].T
         height_m = np.ptp(rel[vis, 1])
         height_px = np.ptp(keypoints[t, vis, 1])
-        depth = fy * height_m / height_px if height_px > 1.0 and height_m > 0.05 else fy * 1.7 / max(height_px, 1.0)
-        depth = float(np.clip(depth, 0.3, 100.0))
+        if height_px <= 1.0 or height_m <= 0.05:  # degenerate detection: a 1.7 m person's size
+            height_m = 1.7
+        depth = float(np.clip(fy * height_m / max(height_px, 1.0), 0.3, 100.0))
         u, v = keypoints[t, vis].mean(0)
         # centroid of the visible landmarks, minus their offset from the hip centre
         centroid_cam = np.array([(u - cx) * depth / fx, (v - cy) * depth / fy, depth])
-        hip_mid_cam = centroid_cam - (rel[vis].mean(0) - np.array([0.0, 0.0, 0.0]))
+        hip_mid_cam = centroid_cam - rel[vis].mean(0)
         hip_mid_world = R_wc.T @ hip_mid_cam
         trans[t] = hip_mid_world - pelvis - R_world[t] @ (hip_mid_rest - pelvis)
     return global_orient, trans
@@ -287,6 +343,8 @@ def fit_body(
     cfg: FitConfig | None = None,
     box_height_px: np.ndarray | None = None,
     init: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    frame_interval_s: float | None = None,
+    w2c: np.ndarray = CAMERA_W2C,
 ) -> FitResult:
     """Fit pose, shape and translation of T frames seen by one static camera.
 
@@ -302,12 +360,28 @@ def fit_body(
             mask); None: the height of the box around the visible landmarks.
         init: (poses (T, 72), betas (10,), trans (T, 3)) to start from (e.g. an earlier fit) instead
             of :func:`initial_guess`'s rest pose.
+        frame_interval_s: time between consecutive frames. The smoothness weights are meant for
+            frames 1/30 s apart; as the terms are squared accelerations summed over frames they scale
+            by (1/30 s / interval)^3, so sparse sampling is not over-smoothed. None: 1/30 s.
+        w2c: (4, 4) the static camera, centred at the world origin (:func:`camera_w2c`).
 
     Returns:
-        :class:`FitResult` in the world of :data:`CAMERA_W2C`.
+        :class:`FitResult` in the world of ``w2c``.
     """
-    cfg = cfg or FitConfig()
+    threads = torch.get_num_threads()
+    # The fit runs hundreds of steps on tiny tensors: intra-op threads only add overhead (and on a
+    # shared machine oversubscription makes it several times slower), so it runs on one thread.
+    torch.set_num_threads(1)
+    try:
+        return _fit_body(body, keypoints, visibility, K, world, cfg or FitConfig(), box_height_px, init,
+                         frame_interval_s, np.asarray(w2c, np.float64))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_body(body, keypoints, visibility, K, world, cfg, box_height_px, init, frame_interval_s, w2c_np) -> FitResult:
     start = time.time()
+    smooth_scale = 1.0 if frame_interval_s is None else (REFERENCE_FRAME_INTERVAL_S / frame_interval_s) ** 3
     keypoints = np.asarray(keypoints, dtype=np.float64)
     visibility = np.asarray(visibility, dtype=np.float64)
     T = keypoints.shape[0]
@@ -323,14 +397,14 @@ def fit_body(
 
     fk = JointsFK(body).to(torch.float32)
     orient0, trans0 = initial_guess(fk, keypoints, usable, np.asarray(K, np.float64),
-                                    None if world is None else np.asarray(world, np.float64))
+                                    None if world is None else np.asarray(world, np.float64), w2c_np)
 
     f32 = dict(dtype=torch.float32)
     kp = torch.as_tensor(keypoints, **f32)
     w2d = torch.as_tensor(usable, **f32)
     box = torch.as_tensor(box_height_px, **f32)
     Kt = torch.as_tensor(np.asarray(K), **f32)
-    w2c = torch.as_tensor(CAMERA_W2C, **f32)
+    w2c = torch.as_tensor(w2c_np, **f32)
     lm_matrix = torch.as_tensor(LANDMARK_FROM_JOINTS45, **f32)
     torso_mask = torch.zeros(33)
     torso_mask[list(TORSO_LANDMARKS)] = 1.0
@@ -345,7 +419,7 @@ def fit_body(
         bone_w = bone_w * (world_bones.norm(dim=-1) > 1e-4)
         world_dirs = torch.nn.functional.normalize(world_bones, dim=-1)
 
-    pose0, betas0 = np.zeros((T, 69)), np.zeros(10)
+    pose0, betas0 = np.tile(INITIAL_BODY_POSE[3:], (T, 1)), np.zeros(10)
     if init is not None:
         pose0, betas0, trans0 = init[0][:, 3:], init[1], init[2]
         orient0 = init[0][:, :3]
@@ -353,40 +427,46 @@ def fit_body(
     body_pose = torch.nn.Parameter(torch.as_tensor(np.array(pose0), **f32))
     betas = torch.nn.Parameter(torch.as_tensor(np.array(betas0), **f32))
     trans = torch.nn.Parameter(torch.as_tensor(np.array(trans0), **f32))
+    mp_align = torch.nn.Parameter(torch.zeros(3))
+    ray_rot_t = torch.as_tensor(ray_rotation(keypoints[:, list(_HIP_LANDMARKS)].mean(1), K).transpose(0, 2, 1), **f32)
 
     def losses(stage: int) -> dict[str, torch.Tensor]:
         poses = torch.cat([global_orient, body_pose], 1)
         joints45, rot = fk(poses, betas.expand(T, 10), trans)
         landmarks = lm_matrix @ joints45  # (T, 33, 3) world
-        uv = _project(landmarks, Kt, w2c)
+        uv = project_points(landmarks, Kt, w2c)
         sq = (((uv - kp) / box[:, None, None]) ** 2).sum(-1)
         w = w2d * torso_mask if stage == 1 else w2d
-        out = {"2d": cfg.weight_2d * (w * _geman_mcclure(sq, cfg.robust_sigma)).sum() / w.sum().clamp(min=1e-9)}
+        robust = _geman_mcclure(sq, cfg.robust_sigma)
+        out = {"2d": cfg.weight_2d * (w * robust).sum() / w.sum().clamp(min=1e-9)}
         if T > 2:  # second differences: constant motion is free, jitter is not
-            out["smooth_trans"] = cfg.weight_smooth_trans * (_second_difference(trans) ** 2).sum(-1).mean()
+            jitter = (_second_difference(trans) ** 2).sum(-1).mean()
+            out["smooth_trans"] = smooth_scale * cfg.weight_smooth_trans * jitter
         if stage == 1:
             return out
         body_angles = body_pose.reshape(T, 23, 3)
-        out["pose"] = cfg.weight_pose * (pull[None, :, None] * body_angles ** 2).sum((1, 2)).mean()
+        out["pose"] = cfg.weight_pose * (pull * body_angles ** 2).sum((1, 2)).mean()
         out["limits"] = cfg.weight_limits * (torch.relu(low - body_angles) ** 2
                                              + torch.relu(body_angles - high) ** 2).sum((1, 2)).mean()
         if T > 2:
-            out["smooth_pose"] = cfg.weight_smooth_pose * (_second_difference(rot) ** 2).sum((1, 2, 3)).mean()
+            jitter = (_second_difference(rot) ** 2).sum((1, 2, 3)).mean()
+            out["smooth_pose"] = smooth_scale * cfg.weight_smooth_pose * jitter
         if world is not None and cfg.weight_3d > 0:
-            cam_landmarks = landmarks @ w2c[:3, :3].T
-            with torch.no_grad():  # the alignment only removes MediaPipe's global orientation
-                align = _kabsch(cam_landmarks, world_t, w2d)
-            body_dirs = torch.nn.functional.normalize(bones @ cam_landmarks, dim=-1) @ align.transpose(1, 2)
-            err = ((body_dirs - world_dirs) ** 2).sum(-1)
+            # MediaPipe's skeleton is seen along the ray through the hips (ray_rot) and may be offset
+            # from it by one rotation for the whole clip (mp_align); only relative pose is compared.
+            align = batch_rodrigues(mp_align[None])[0] @ ray_rot_t  # (T, 3, 3) camera -> MediaPipe
+            body_bones = (bones @ landmarks) @ w2c[:3, :3].T @ align.transpose(1, 2)
+            err = ((torch.nn.functional.normalize(body_bones, dim=-1) - world_dirs) ** 2).sum(-1)
             out["3d"] = cfg.weight_3d * (bone_w * err).sum() / bone_w.sum().clamp(min=1e-9)
+            out["detector_frame"] = cfg.weight_detector_frame * (mp_align ** 2).sum()
         if stage == 3:
             out["shape"] = cfg.weight_shape * (betas ** 2).sum()
         return out
 
     stages = [
         (1, cfg.iterations_global, [global_orient, trans], cfg.learning_rate),
-        (2, cfg.iterations_pose, [global_orient, trans, body_pose], cfg.learning_rate),
-        (3, cfg.iterations_all, [global_orient, trans, body_pose, betas], 0.5 * cfg.learning_rate),
+        (2, cfg.iterations_pose, [global_orient, trans, body_pose, mp_align], cfg.learning_rate),
+        (3, cfg.iterations_all, [global_orient, trans, body_pose, mp_align, betas], 0.5 * cfg.learning_rate),
     ]
     total = sum(n for _, n, _, _ in stages)
     bar = None
@@ -399,12 +479,16 @@ def fit_body(
         if steps <= 0:
             continue
         opt = torch.optim.Adam(params, lr=lr)
+        # exponential decay to 5 % of the rate: Adam's steps (about lr per parameter) must shrink
+        # below the accuracy wanted, or the fit jitters around the minimum
+        decay = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.05 ** (1.0 / steps))
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             terms = losses(stage)
             loss = sum(terms.values())
             loss.backward()
             opt.step()
+            decay.step()
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(stage=stage, loss=f"{loss.item():.2e}")
@@ -415,7 +499,7 @@ def fit_body(
     with torch.no_grad():
         poses = torch.cat([global_orient, body_pose], 1)
         joints45, _ = fk(poses, betas.expand(T, 10), trans)
-        uv = _project(lm_matrix @ joints45, Kt, w2c).double().numpy()
+        uv = project_points(lm_matrix @ joints45, Kt, w2c).double().numpy()
     err = np.linalg.norm(uv - keypoints, axis=-1)  # (T, 33)
     used = usable > 0
     with np.errstate(invalid="ignore"):
@@ -423,10 +507,11 @@ def fit_body(
         landmark_error = np.where(used.any(0), (err * used).sum(0) / used.sum(0), np.nan)
     return FitResult(
         poses=poses.double().numpy(), betas=betas.detach().double().numpy(),
-        trans=trans.detach().double().numpy(), K=np.asarray(K, np.float64), w2c=CAMERA_W2C.copy(),
+        trans=trans.detach().double().numpy(), K=np.asarray(K, np.float64), w2c=w2c_np.copy(),
         residual_px=residual_px, residual_fraction=residual_px / box_height_px,
         box_height_px=box_height_px, landmark_error_px=landmark_error, stage_losses=stage_losses,
         seconds=time.time() - start,
+        detector_frame_offset_deg=math.degrees(float(mp_align.detach().norm())),
     )
 
 
@@ -447,7 +532,10 @@ def synthesize_detections(body: BodyModel, poses: np.ndarray, betas: np.ndarray,
                    torch.as_tensor(trans, dtype=torch.float32))
         landmarks = torch.as_tensor(LANDMARK_FROM_JOINTS45, dtype=torch.float32) @ out.joints45
         w2c_t = torch.as_tensor(np.asarray(w2c), dtype=torch.float32)
-        uv = _project(landmarks, torch.as_tensor(np.asarray(K), dtype=torch.float32), w2c_t)
-        cam = landmarks @ w2c_t[:3, :3].T
-        world = cam - cam[:, list(_HIP_LANDMARKS)].mean(1, keepdim=True)
-    return uv.double().numpy(), world.double().numpy()
+        uv = project_points(landmarks, torch.as_tensor(np.asarray(K), dtype=torch.float32), w2c_t)
+        cam = (landmarks @ w2c_t[:3, :3].T).double().numpy()
+    uv = uv.double().numpy()
+    world = cam - cam[:, list(_HIP_LANDMARKS)].mean(1, keepdims=True)
+    # seen along the ray through the hips, as a crop-based detector sees it
+    world = np.einsum("tji,tnj->tni", ray_rotation(uv[:, list(_HIP_LANDMARKS)].mean(1), K), world)
+    return uv, world

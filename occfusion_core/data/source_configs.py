@@ -1,0 +1,161 @@
+"""Typed configs of the real-data sources: a user's video (``source: video``), ZJU-MoCap
+(``source: zju``), the body fit and simulated occlusion on real frames.
+
+Plain dataclasses with a docstring per field, like :mod:`occfusion_core.config`; build them with
+:func:`occfusion_core.config.from_dict` (nested dicts become the nested dataclasses).
+"""
+
+# No "from __future__ import annotations": field types stay classes, so config.from_dict recurses
+# into the nested dataclasses without a name table.
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class FitConfig:
+    """SMPLify-style fit of the body to 2D keypoints and 3D world landmarks (:mod:`occfusion_core.body.fit`)."""
+
+    iterations_global: int = 60
+    """Stage 1: Adam steps on global orientation and translation only (torso keypoints)."""
+    iterations_pose: int = 200
+    """Stage 2: Adam steps on orientation, translation and body pose."""
+    iterations_all: int = 120
+    """Stage 3: Adam steps on everything, shared shape (betas) included."""
+    learning_rate: float = 0.03
+    """Adam learning rate of stages 1 and 2 (stage 3 uses half of it)."""
+    min_visibility: float = 0.5
+    """Keypoints with a detector visibility below this get no weight."""
+    robust_sigma: float = 0.1
+    """Geman-McClure scale of the 2D term, as a fraction of the person's keypoint box height."""
+    weight_2d: float = 1.0
+    """Weight of the robust 2D reprojection term (residuals in units of the box height)."""
+    weight_3d: float = 0.05
+    """Weight of the 3D world-landmark prior (bone directions after aligning orientation)."""
+    weight_detector_frame: float = 0.1
+    """Weight of the prior that MediaPipe's skeleton is seen along the ray through the hips (squared
+    angle, rad^2, of the one free clip-wide offset rotation): anchors the body's lean towards or away
+    from the camera, which 2D keypoints barely show. 0 leaves the offset free."""
+    weight_pose: float = 1e-4
+    """Weight of the quadratic pull of every joint angle towards the rest pose."""
+    weight_limits: float = 1.0
+    """Weight of the per-joint angle limits (knee/elbow hyper-extension, spine, neck ...)."""
+    weight_shape: float = 1e-5
+    """Weight of the shape prior ||betas||^2."""
+    weight_smooth_pose: float = 0.01
+    """Weight of temporal smoothness of joint rotations (squared second differences of the rotation
+    matrices between consecutive frames: steady motion is free, jitter is not), for frames 1/30 s
+    apart; scaled by (1/30 s / frame interval)^3 for other spacings."""
+    weight_smooth_trans: float = 0.1
+    """Weight of temporal smoothness of the translation (squared second differences, metres), for
+    frames 1/30 s apart; scaled like weight_smooth_pose."""
+    progress: bool = True
+    """Show a progress bar (tqdm on stderr)."""
+
+
+@dataclass
+class SimulatedOcclusionConfig:
+    """Occlusion drawn onto real frames, keeping the originals as ground truth."""
+
+    kind: str = "none"
+    """'none', 'zju_band' (a vertical band over the central part of the person in the first frames,
+    showing the background) or 'object' (a wooden crate sliding in front of the person)."""
+    occluded_frames_fraction: float = 0.8
+    """Fraction of frames, from the first, that carry the occlusion (ZJU-MoCap protocol: 0.8)."""
+    band_width_fraction: float = 0.5
+    """zju_band: band width as a fraction of the person's width in each frame (protocol: 0.5)."""
+    band_fill: str = "background"
+    """zju_band: what the band shows -- 'background' (the clip's background, estimated as the
+    per-pixel median of the frames where no person covers the pixel), 'white' or 'black'."""
+    detect_on: str = "original"
+    """Video source only: run the detector (masks, keypoints for the fit) on the 'original' frames
+    (the body fit is then as good as without occlusion, like ZJU-MoCap's multi-view SMPL) or on the
+    'occluded' frames (what a user with a really occluded video would get)."""
+    seed: int = 0
+    """object: random seed (crate travel direction, plank tones)."""
+
+
+@dataclass
+class VideoConfig:
+    """A user's own monocular video: frames, person masks, keypoints, camera and a body fit."""
+
+    path: str = ""
+    """The video file (anything ffmpeg reads: mp4, mov, ...); passed to ``prepare_video`` as video_path."""
+    start_frame: int = 0
+    """First video frame used (0-based)."""
+    frame_stride: int = 1
+    """Use every k-th video frame from start_frame."""
+    max_frames: Optional[int] = None
+    """At most this many frames (after the stride); None: to the end of the video."""
+    max_side: Optional[int] = 512
+    """Downscale (never upscale) so that the longer image side is at most this many pixels; None keeps
+    the video's size."""
+    intrinsics: Optional[list] = None
+    """[fx, fy, cx, cy] in pixels of the original video (before max_side scaling); None: derived from
+    fov_deg with the principal point at the image centre."""
+    fov_deg: float = 60.0
+    """Field of view (degrees) across the longer image side, used when intrinsics is None (a phone's
+    main camera is about 65-70, a webcam 60-78)."""
+    camera_pitch_deg: float = 0.0
+    """How far the camera looks down (degrees; negative: up). One view cannot tell the camera's tilt,
+    so the world is built level with the camera unless this is given; world y is up either way, and
+    an orbit render circles the person only when the tilt is right."""
+    detector_mode: str = "auto"
+    """MediaPipe running mode: 'video' (tracking and temporal smoothing; best for densely sampled
+    frames), 'static' (every frame detected on its own) or 'auto' (video when the sampled frames are at
+    most 0.25 s apart, else static)."""
+    mask_threshold: float = 0.5
+    """The person mask is MediaPipe's segmentation probability above this value."""
+    min_component_fraction: float = 0.05
+    """Mask blobs smaller than this fraction of the largest blob are dropped (stray detections)."""
+    on_missing_person: str = "error"
+    """A frame where no person is found: 'error' (stop, naming the frame) or 'drop' (skip it with a
+    warning; recorded in info.json)."""
+    fit: FitConfig = field(default_factory=FitConfig)
+    """Body fitting settings."""
+    occlusion: SimulatedOcclusionConfig = field(default_factory=SimulatedOcclusionConfig)
+    """Simulated occlusion on the video's frames (kind 'none' keeps the clip as it is)."""
+
+
+@dataclass
+class ZJUConfig:
+    """A ZJU-MoCap subject in the refined (Instant-NVR / GauHuman) layout."""
+
+    path: str = ""
+    """The subject folder holding annots.npy, the camera image folders, mask folders and smpl_params/."""
+    subject: Optional[str] = None
+    """Subject id for the occlusion table (377, 386, 387, 392, 393, 394); None: the last '_'-separated
+    token of the folder name (my_377, CoreView_377)."""
+    camera: int = 0
+    """Training camera index into annots['cams'] (OccFusion: 0; GauHuman: 4)."""
+    frame_start: int = 0
+    """First training frame index."""
+    frame_stop: int = 500
+    """Training frames are frame_start, frame_start + frame_stride, ... below this index."""
+    frame_stride: int = 5
+    """Training frame interval (protocol: 5, so 100 frames)."""
+    image_scaling: float = 0.5
+    """Resize factor of images, masks and intrinsics (protocol: 0.5, 1024 -> 512 pixels)."""
+    undistort: bool = True
+    """Undistort images and masks with the cameras' distortion coefficients D (as GauHuman does)."""
+    occlusion: str = "zju_band"
+    """'zju_band' (the per-subject band of anchors A4 on the training frames) or 'none'."""
+    band_mid_px: Optional[float] = None
+    """Band centre column in full-resolution pixels; None: the subject's value from the table."""
+    band_width_px: Optional[float] = None
+    """Band width in full-resolution pixels; None: the subject's value from the table."""
+    occluded_frames: str = "fraction"
+    """Which training frames are occluded: 'fraction' (the first occluded_frames_fraction of the
+    selected frames, as OccFusion) or 'subject_range' (frames with index below the subject's OccNeRF
+    'range', e.g. 456 for 377)."""
+    occluded_frames_fraction: float = 0.8
+    """With occluded_frames 'fraction': fraction of the training frames, from the first."""
+    band_fill: str = "background"
+    """What the band shows: 'background' (per-pixel median of the training frames where no person
+    covers the pixel), 'white' or 'black'."""
+    heldout_views: Optional[int] = None
+    """Number of evaluation cameras (the cameras after the training camera, in order); None: all
+    other cameras (22 in ZJU-MoCap)."""
+    heldout_frame_stride: int = 30
+    """Evaluation frames: every k-th frame (protocol: 0, 30, ..., 480) that is also a training frame."""
+    heldout_frame_stop: int = 481
+    """Evaluation frames are below this index."""
