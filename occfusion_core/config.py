@@ -163,6 +163,9 @@ class OptimizeConfig:
     """Highest spherical-harmonics degree."""
     sh_increase_every: int = 1000
     """Raise the active SH degree every this many iterations."""
+    sh_view_frame: str = "canonical"
+    """View directions for SH colours: 'canonical' (rotated into each Gaussian's body frame, so
+    appearance can turn with the body) or 'world' (GauHuman)."""
     init_opacity: float = 0.1
     """Initial opacity of every Gaussian."""
     lr_position: float = 1.6e-4

@@ -139,3 +139,34 @@ def load_trained_model(model_path, body, device):
     model = HumanGaussians.from_capture(body, saved["model"]).to(device)
     model.eval()
     return model, saved
+
+
+def view_directions(deformed, camera, view_frame: str = "canonical") -> torch.Tensor:
+    """(N, 3) unit directions from the camera centre to each Gaussian, for SH colour evaluation.
+
+    ``world`` is GauHuman's choice. For a static camera watching a person turn, world directions
+    barely change, so SH cannot follow appearance that turns with the body (light fixed in the
+    world shading a turning body). ``canonical`` maps each direction into the Gaussian's canonical
+    frame through the inverse of its skinning transform, so the SH sees the body-relative view
+    (and, with camera and light fixed in the world, the body-relative light).
+    """
+    dirs = deformed.means.detach() - camera.center.to(deformed.means)
+    if view_frame == "canonical":
+        dirs = torch.linalg.solve(deformed.transforms.detach(), dirs[..., None])[..., 0]
+    elif view_frame != "world":
+        raise ValueError(f"view_frame must be 'canonical' or 'world', got {view_frame!r}")
+    return dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def render_gaussians(deformed, camera, background, backend: str, view_frame: str = "canonical"):
+    """Rasterize deformed Gaussians with their SH colours evaluated for ``camera``.
+
+    Returns:
+        :class:`occfusion_core.render.rasterize.RenderOutput`.
+    """
+    from ..render.rasterize import rasterize
+    from ..render.sh import sh_to_rgb
+
+    colors = sh_to_rgb(deformed.sh_degree, deformed.sh, view_directions(deformed, camera, view_frame))
+    return rasterize(deformed.means, deformed.opacities, camera, covars=deformed.covars, colors=colors,
+                     background=background, backend=backend)

@@ -53,7 +53,7 @@ class Stage1Guidance:
 
     def add_terms(self, terms: dict, render, frame, iteration: int, total_iterations: int, backend: str) -> dict:
         from ..priors.sds import CANONICAL, POSE, canonical_weight_mask, choose_branch, posed_sds_input
-        from ..render.rasterize import rasterize
+        from .common import render_gaussians
 
         branch = POSE if iteration == total_iterations else choose_branch(self.rng, self.cfg.pose_probability)
         if branch == POSE:
@@ -65,8 +65,7 @@ class Stage1Guidance:
             _, camera, control = self.canonical.sample(self.rng)
             cam = camera.scaled(self.canonical_scale).to(render.alpha.device)
             c = self.model.canonical(center=True)
-            out = rasterize(c.means, c.opacities, cam, covars=c.covars, sh=c.sh, sh_degree=c.sh_degree,
-                            background=torch.zeros(3, device=render.alpha.device), backend=backend)
+            out = render_gaussians(c, cam, torch.zeros(3, device=render.alpha.device), backend, "world")
             loss = self.sds.step(out.alpha, control, canonical_weight_mask(out.alpha), iteration, total_iterations)
             terms["sds_canonical"] = loss
             terms["total"] = terms["total"] + self.cfg.canonical_weight * loss

@@ -89,7 +89,7 @@ def compute_metrics(data_dir, model_path, body_model_path, cfg: MetricsConfig, o
     body = load_body_model(body_model_path).to(device)
     model, saved = load_trained_model(model_path, body, device)
     bg = np.asarray(saved["config"]["background"], dtype=np.float32)
-    renderer = AvatarRenderer(model, bg, resolve_backend("auto"))
+    renderer = AvatarRenderer(model, bg, resolve_backend("auto"), saved["config"].get("sh_view_frame", "world"))
     lpips = LPIPSLoss(device) if cfg.lpips else None
     lpips_reason = (lpips.reason if lpips is not None else "disabled in config (metrics.lpips: false)")
 

@@ -126,7 +126,7 @@ def optimize(data_dir, body_model_path, cfg: OptimizeConfig, out_model, out_rend
         "stage": "optimize", "seconds": seconds, "resumed_from": resumed, "methods": methods,
         "lpips_in_loss": bool(lpips is not None and lpips.available),
     })
-    render_training_frames(model, frames, background, backend, out_renders)
+    render_training_frames(model, frames, background, backend, out_renders, cfg.sh_view_frame)
     if Path(checkpoint_dir).exists():
         shutil.rmtree(checkpoint_dir)  # model.pt supersedes it (it holds the optimiser state too)
     summary = {"iterations": cfg.iterations, "resumed_from": resumed, "seconds": round(seconds, 1),
@@ -137,9 +137,10 @@ def optimize(data_dir, body_model_path, cfg: OptimizeConfig, out_model, out_rend
 
 
 @torch.no_grad()
-def render_training_frames(model, frames: list[TrainingFrame], background, backend, out_dir) -> None:
+def render_training_frames(model, frames: list[TrainingFrame], background, backend, out_dir,
+                           view_frame: str = "canonical") -> None:
     """Write ``<name>.png`` (RGB over the background) and ``<name>_alpha.png`` for every frame."""
-    from ..render.rasterize import rasterize
+    from .common import render_gaussians
 
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
@@ -148,8 +149,7 @@ def render_training_frames(model, frames: list[TrainingFrame], background, backe
     tmp.mkdir(parents=True)
     for frame in frames:
         d = model.deform(frame.poses, frame.betas, frame.trans)
-        out = rasterize(d.means, d.opacities, frame.camera, covars=d.covars, sh=d.sh,
-                        sh_degree=d.sh_degree, background=background, backend=backend)
+        out = render_gaussians(d, frame.camera, background, backend, view_frame)
         write_image(tmp / f"{frame.name}.png", out.rgb.clamp(0, 1).cpu().numpy())
         write_image(tmp / f"{frame.name}_alpha.png", out.alpha[..., 0].clamp(0, 1).cpu().numpy())
     if out_dir.exists():

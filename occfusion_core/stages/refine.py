@@ -101,7 +101,7 @@ def refine(data_dir, body_model_path, stage1_model, complete_masks_dir, inpainte
         "seconds": float(saved.get("seconds", 0.0)) + seconds, "stage3_seconds": seconds,
         "resumed_from": resumed, "methods": methods,
     })
-    render_training_frames(model, frames, background, backend, out_renders)
+    render_training_frames(model, frames, background, backend, out_renders, stage1_cfg.sh_view_frame)
     if Path(checkpoint_dir).exists():
         shutil.rmtree(checkpoint_dir)
     summary = {"iterations": cfg.iterations, "resumed_from": resumed, "seconds": round(seconds, 1),

@@ -28,19 +28,18 @@ class AvatarRenderer:
         backend: rasterizer backend name (already resolved).
     """
 
-    def __init__(self, model, background, backend: str):
-        self.model, self.backend = model, backend
+    def __init__(self, model, background, backend: str, view_frame: str = "canonical"):
+        self.model, self.backend, self.view_frame = model, backend, view_frame
         self.background = torch.as_tensor(background, dtype=torch.float32, device=model.xyz.device)
 
     @torch.no_grad()
     def __call__(self, poses, betas, trans, camera):
         """-> RenderOutput for body parameters poses (72,), betas (10,), trans (3,) and a Camera."""
-        from ..render.rasterize import rasterize
+        from .common import render_gaussians
 
         dev = self.background.device
         d = self.model.deform(poses.to(dev), betas.to(dev), trans.to(dev))
-        return rasterize(d.means, d.opacities, camera.to(dev), covars=d.covars, sh=d.sh,
-                         sh_degree=d.sh_degree, background=self.background, backend=self.backend)
+        return render_gaussians(d, camera.to(dev), self.background, self.backend, self.view_frame)
 
     def image(self, poses, betas, trans, camera) -> np.ndarray:
         """(H, W, 3) float RGB in [0, 1]."""
@@ -66,7 +65,8 @@ def render_all(data_dir, model_path, body_model_path, cfg: RenderConfig, out_dir
     body = load_body_model(body_model_path).to(device)
     model, saved = load_trained_model(model_path, body, device)
     background = saved["config"]["background"]
-    renderer = AvatarRenderer(model, background, resolve_backend(cfg.backend))
+    renderer = AvatarRenderer(model, background, resolve_backend(cfg.backend),
+                              saved["config"].get("sh_view_frame", "world"))
     params = seq.body_params()
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.partial")

@@ -69,7 +69,7 @@ def train_gaussians(model, optimizer, frames: list, loss_fn: Callable, schedule:
     from tqdm import tqdm
 
     from ..gaussians.densify import DensifyState, densify_and_prune
-    from ..render.rasterize import rasterize
+    from .common import render_gaussians
 
     device = background.device
     rng = np.random.default_rng(seed)
@@ -116,8 +116,7 @@ def train_gaussians(model, optimizer, frames: list, loss_fn: Callable, schedule:
             model.oneup_sh_degree()
         frame = frames[sampler.next()]
         d = model.deform(frame.poses, frame.betas, frame.trans)
-        out = rasterize(d.means, d.opacities, frame.camera, covars=d.covars, sh=d.sh,
-                        sh_degree=d.sh_degree, background=background, backend=backend)
+        out = render_gaussians(d, frame.camera, background, backend, schedule.lr.sh_view_frame)
         densifying = dcfg.enabled and dcfg.start_iter < local < dcfg.stop_iter
         if densifying:
             out.means2d.retain_grad()
