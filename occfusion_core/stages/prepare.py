@@ -17,7 +17,7 @@ def prepare_subject(source: dict, out_dir: str | os.PathLike, body_model_path: s
     """Write one subject into ``out_dir`` in the sequence format.
 
     Args:
-        source: {"source": "synthetic" | "ocmotion", "options": {...that source's config...}}.
+        source: {"source": "synthetic" | "ocmotion" | "video" | "zju", "options": {...that source's config...}}.
         out_dir: the subject's ``data/`` folder; built in a temporary sibling and renamed into place,
             so a killed job never leaves a half-written folder that looks finished.
         body_model_path: SMPL-format file (the user's SMPL or the generated proxy).
@@ -41,8 +41,29 @@ def prepare_subject(source: dict, out_dir: str | os.PathLike, body_model_path: s
                                    frame_stride=options.get("frame_stride", 1),
                                    max_frames=options.get("max_frames"),
                                    scale=options.get("scale", 1.0))
+        if options.get("occlusion"):
+            from ..body.model import load_body_model
+            from ..data.source_configs import SimulatedOcclusionConfig
+            from ..data.video import occlude_sequence
+
+            occ = from_dict(SimulatedOcclusionConfig, options["occlusion"], "ocmotion.occlusion")
+            summary["occlusion"] = occlude_sequence(tmp_dir, occ, load_body_model(body_model_path))
+    elif kind == "video":
+        from ..body.model import load_body_model
+        from ..data.source_configs import VideoConfig
+        from ..data.video import prepare_video
+
+        cfg = from_dict(VideoConfig, options, "video")
+        summary = prepare_video(cfg.path, tmp_dir, cfg, load_body_model(body_model_path))
+    elif kind == "zju":
+        from ..body.model import load_body_model
+        from ..data.source_configs import ZJUConfig
+        from ..data.zju import prepare_zju
+
+        cfg = from_dict(ZJUConfig, options, "zju")
+        summary = prepare_zju(cfg.path, tmp_dir, cfg, load_body_model(body_model_path))
     else:
-        raise ConfigError(f"source: unknown kind '{kind}' (synthetic, ocmotion)")
+        raise ConfigError(f"source: unknown kind '{kind}' (synthetic, ocmotion, video, zju)")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp_dir, out_dir)
