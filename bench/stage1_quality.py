@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--grid-mm", type=float, default=20.0, help="proxy body resolution")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="optimize settings to override, e.g. sh_view_frame=world (YAML values)")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
 
@@ -57,8 +59,10 @@ def main() -> None:
                                                              occlusion=args.occlusion), body)
             for variant in args.variants:
                 for iters in args.iterations:
+                    overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
                     opt = merge(config.get("optimize"), config["variants"][variant].get("optimize"),
-                                {"iterations": iters, "backend": args.backend, "checkpoint_every": 10**6})
+                                {"iterations": iters, "backend": args.backend, "checkpoint_every": 10**6},
+                                overrides)
                     cfg = from_dict(OptimizeConfig, opt)
                     run = tmp / f"{size}_{variant}_{iters}"
                     t = time.time()
@@ -66,7 +70,8 @@ def main() -> None:
                     seconds = time.time() - t
                     m = compute_metrics(data, run / "model.pt", body_path, MetricsConfig(lpips=False),
                                         run / "metrics.json", variant=variant)
-                    row = {"size": size, "variant": variant, "iterations": iters, "gaussians": m["model"]["gaussians"],
+                    row = {"size": size, "variant": variant, "iterations": iters, "set": " ".join(args.set),
+                           "gaussians": m["model"]["gaussians"],
                            "stage1_s": round(seconds, 1),
                            "heldout_psnr": m["heldout_full_body"]["psnr"], "heldout_ssim": m["heldout_full_body"]["ssim"],
                            "visible_psnr": m["visible_train"]["psnr"],

@@ -110,6 +110,8 @@ class SyntheticConfig:
     """Held-out views are rendered on every k-th frame."""
     background: str = "studio"
     """'studio' (textured wall and floor), 'white' or 'black'."""
+    supersample: int = 3
+    """Samples per pixel along each axis, averaged like a camera sensor (1 = aliased, one sample)."""
 
 
 @dataclass
