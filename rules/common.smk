@@ -113,4 +113,5 @@ def gpu_threads():
     """CPU threads of a GPU stage: a few to feed a GPU; on a CPU-only host one, because the stages
     are many small tensor ops that oversubscribed cores slow down (measured: 66 ms/iteration on one
     thread, 150-670 ms on two when another job shares the cores)."""
-    return max(1, min(workflow.cores, 8)) if HOST_HAS_GPU else 1
+    # workflow.cores is None on a cluster (no --cores): jobs then get 8 (their --cpus-per-task)
+    return max(1, min(workflow.cores or 8, 8)) if HOST_HAS_GPU else 1

@@ -32,7 +32,7 @@ rule prepare_subject:
     benchmark:
         "results/benchmarks/prepare_subject/{subject}.tsv"
     conda:
-        "../envs/core.yaml"
+        "../envs/video.yaml"
     threads: 2
     resources:
         mem_mb=4000,

@@ -19,7 +19,7 @@ rule optimize:
     benchmark:
         "results/benchmarks/optimize/{subject}.{variant}.tsv"
     conda:
-        "../envs/core.yaml"
+        "../envs/diffusion.yaml"
     threads: gpu_threads()
     resources:
         gpu=1,

@@ -46,7 +46,7 @@ rule refine:
     benchmark:
         "results/benchmarks/refine/{subject}.{variant}.tsv"
     conda:
-        "../envs/core.yaml"
+        "../envs/diffusion.yaml"
     threads: gpu_threads()
     resources:
         gpu=1,
