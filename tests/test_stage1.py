@@ -1,6 +1,5 @@
 """Stage 1 end to end on a tiny subject: outputs, losses, and resume after a kill."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -8,7 +7,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -16,7 +14,7 @@ from occfusion_core.body.model import load_body_model
 from occfusion_core.body.proxy import write_proxy_smpl
 from occfusion_core.config import OptimizeConfig, RefineConfig, SyntheticConfig, to_dict
 from occfusion_core.data.synthetic import generate_synthetic_subject
-from occfusion_core.io import load_torch, read_mask
+from occfusion_core.io import load_torch
 from occfusion_core.stages.optimize import optimize
 
 ROOT = Path(__file__).resolve().parents[1]

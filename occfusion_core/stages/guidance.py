@@ -52,7 +52,7 @@ class Stage1Guidance:
         return f"{what}, cfg {self.cfg.guidance_scale}, weights {self.cfg.pose_weight}/{self.cfg.canonical_weight}"
 
     def add_terms(self, terms: dict, render, frame, iteration: int, total_iterations: int, backend: str) -> dict:
-        from ..priors.sds import CANONICAL, POSE, canonical_weight_mask, choose_branch, posed_sds_input
+        from ..priors.sds import POSE, canonical_weight_mask, choose_branch, posed_sds_input
         from .common import render_gaussians
 
         branch = POSE if iteration == total_iterations else choose_branch(self.rng, self.cfg.pose_probability)

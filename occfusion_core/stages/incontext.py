@@ -17,8 +17,6 @@ nothing hidden are the input composited on white, and the report says so frame b
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -26,7 +24,7 @@ import numpy as np
 import torch
 
 from ..config import to_dict
-from ..io import InputError, read_image, write_image, write_json
+from ..io import InputError, atomic_dir, read_image, write_image, write_json
 from ..priors.configs import InpaintConfig
 from .common import pick_device
 
@@ -131,59 +129,53 @@ def incontext_inpaint(data_dir, stage1_renders_dir, body_model_path, cfg: Inpain
     load_seconds = time.perf_counter() - started
 
     out_dir = Path(out_dir)
-    partial = out_dir.with_name(f".{out_dir.name}.partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    has_gt = seq.has_gt
-    frames = []
-    for k, name in enumerate(seq.frames):
-        t0 = time.perf_counter()
-        render, alpha = _read_render(renders_dir, name)
-        h, w = alpha.shape
-        image = seq.image(name)
-        H, W = image.shape[:2]
-        # work at the render's resolution (the released stage 2 works at the half-size of stage 1)
-        observed = _resize(image, (w, h))
-        visible = _resize(seq.mask(name).astype(np.uint8) * 255, (w, h), "bilinear") > 127
-        person = alpha > cfg.alpha_threshold
-        hidden = person & ~visible
-        out = np.where(visible[..., None], observed, 255).astype(np.uint8)
-        row: dict = {"name": name, "hidden_pixels": int(hidden.sum())}
-        if not hidden.any():
-            row["status"] = NOTHING_HIDDEN
-        elif cfg.method == "render_fill":
-            if cfg.poisson_blend:
-                filled = poisson_fill(render / 255.0, out / 255.0, hidden, visible)
-                out = (filled * 255.0 + 0.5).astype(np.uint8)
+    with atomic_dir(out_dir) as partial:
+        has_gt = seq.has_gt
+        frames = []
+        for k, name in enumerate(seq.frames):
+            t0 = time.perf_counter()
+            render, alpha = _read_render(renders_dir, name)
+            h, w = alpha.shape
+            image = seq.image(name)
+            H, W = image.shape[:2]
+            # work at the render's resolution (the released stage 2 works at the half-size of stage 1)
+            observed = _resize(image, (w, h))
+            visible = _resize(seq.mask(name).astype(np.uint8) * 255, (w, h), "bilinear") > 127
+            person = alpha > cfg.alpha_threshold
+            hidden = person & ~visible
+            out = np.where(visible[..., None], observed, 255).astype(np.uint8)
+            row: dict = {"name": name, "hidden_pixels": int(hidden.sum())}
+            if not hidden.any():
+                row["status"] = NOTHING_HIDDEN
+            elif cfg.method == "render_fill":
+                if cfg.poisson_blend:
+                    filled = poisson_fill(render / 255.0, out / 255.0, hidden, visible)
+                    out = (filled * 255.0 + 0.5).astype(np.uint8)
+                else:
+                    out[hidden] = render[hidden]
+                row["status"] = "filled from the stage-1 render"
             else:
-                out[hidden] = render[hidden]
-            row["status"] = "filled from the stage-1 render"
-        else:
-            x0, y0, x1, y1 = padded_roi(person, cfg.roi_padding)
-            camera = seq.camera(name).scaled(w / W) if (h, w) != (H, W) else seq.camera(name)
-            uv, _ = project_openpose(joints18[k], camera)
-            canvas = draw_openpose(uv, np.ones(len(uv), dtype=bool), w, h)  # all joints, no z-test (released)
-            crop = np.s_[y0:y1, x0:x1]
-            panel = _diffusion_panel(pipe, render[crop], out[crop], hidden[crop], canvas[crop], cfg, cfg.seed + k)
-            if cfg.keep_observed:
-                panel = np.where(visible[crop][..., None], out[crop], panel)
-            out[crop] = panel
-            row.update(status="inpainted", roi_xyxy=[x0, y0, x1, y1])
-        out = _resize(out, (W, H))
-        if has_gt and hidden.any():
-            # scored where the person really is hidden (ground-truth full mask), at frame size
-            truly_hidden = seq.gt_full_mask(name) & ~seq.mask(name)
-            if truly_hidden.any():
-                error = np.abs(out.astype(np.float64) - seq.gt_image(name).astype(np.float64))[truly_hidden]
-                row["hidden_mae_vs_gt"] = round(float(error.mean() / 255.0), 5)
-        write_image(partial / f"{name}.png", out)
-        row["seconds"] = round(time.perf_counter() - t0, 4)
-        frames.append(row)
-        log.info("stage 2 frame %s: %s", name, row)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(partial, out_dir)
+                x0, y0, x1, y1 = padded_roi(person, cfg.roi_padding)
+                camera = seq.camera(name).scaled(w / W) if (h, w) != (H, W) else seq.camera(name)
+                uv, _ = project_openpose(joints18[k], camera)
+                canvas = draw_openpose(uv, np.ones(len(uv), dtype=bool), w, h)  # all joints, no z-test (released)
+                crop = np.s_[y0:y1, x0:x1]
+                panel = _diffusion_panel(pipe, render[crop], out[crop], hidden[crop], canvas[crop], cfg, cfg.seed + k)
+                if cfg.keep_observed:
+                    panel = np.where(visible[crop][..., None], out[crop], panel)
+                out[crop] = panel
+                row.update(status="inpainted", roi_xyxy=[x0, y0, x1, y1])
+            out = _resize(out, (W, H))
+            if has_gt and hidden.any():
+                # scored where the person really is hidden (ground-truth full mask), at frame size
+                truly_hidden = seq.gt_full_mask(name) & ~seq.mask(name)
+                if truly_hidden.any():
+                    error = np.abs(out.astype(np.float64) - seq.gt_image(name).astype(np.float64))[truly_hidden]
+                    row["hidden_mae_vs_gt"] = round(float(error.mean() / 255.0), 5)
+            write_image(partial / f"{name}.png", out)
+            row["seconds"] = round(time.perf_counter() - t0, 4)
+            frames.append(row)
+            log.info("stage 2 frame %s: %s", name, row)
 
     report = {**_describe(cfg, model_source), "config": to_dict(cfg), "device": str(device), "frames": frames,
               "frames_with_hidden_pixels": sum(f["status"] != NOTHING_HIDDEN for f in frames),

@@ -21,8 +21,6 @@ against them next to the IoU of the visible masks against them.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import numpy as np
 import torch
 
 from ..config import to_dict
-from ..io import write_image, write_json, write_mask
+from ..io import atomic_dir, write_image, write_json, write_mask
 from ..priors.configs import MaskCompletionConfig
 from .common import pick_device
 
@@ -118,61 +116,55 @@ def complete_masks(data_dir, body_model_path, cfg: MaskCompletionConfig, out_dir
     joints18 = openpose18(posed.joints45)
 
     out_dir = Path(out_dir)
-    partial = out_dir.with_name(f".{out_dir.name}.partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    has_gt = seq.has_gt
-    frames = []
-    for k, name in enumerate(seq.frames):
-        t0 = time.perf_counter()
-        camera = seq.camera(name)
-        visible = seq.mask(name)
-        fragments = rasterize_mesh(posed.vertices[k], body.faces, camera)
-        body_silhouette = fragments.mask.numpy()
-        row: dict = {"name": name}
-        if cfg.method == "silhouette" or cfg.segmenter == "silhouette":
-            fit = _silhouette(visible, body_silhouette, cfg)
-            mask = fit.mask
-            row.update(shift_px=list(fit.shift), median_margin_px=round(fit.median_margin, 2),
-                       outline_evidence_px=fit.outline_evidence)
-        if cfg.method == "diffusion":
-            image = seq.image(name)
-            white = np.where(visible[..., None], image, 255).astype(np.uint8)
-            x0, y0, x1, y1 = padded_roi(body_silhouette | visible, cfg.roi_padding)
-            uv, depth = project_openpose(joints18[k], camera)
-            valid = self_occlusion_valid(uv, depth, fragments.depth, cfg.self_occlusion_tolerance)
-            canvas = draw_openpose(uv, valid, camera.width, camera.height)
-            generated = run_inpaint(
-                pipe, white[y0:y1, x0:x1], ~visible[y0:y1, x0:x1], canvas[y0:y1, x0:x1],
-                prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, num_inference_steps=cfg.num_inference_steps,
-                guidance_scale=cfg.guidance_scale, controlnet_conditioning_scale=cfg.controlnet_conditioning_scale,
-                seed=cfg.seed + k)
-            if segmenter is not None:
-                # every joint inside the box prompts (a self-occluded joint still lies on the person's
-                # 2D outline); the released code negated them, which put them off the image
-                points = uv.numpy() - np.array([x0, y0])
-                inside = ((points >= 0) & (points < np.array([x1 - x0, y1 - y0]))).all(axis=1)
-                mask = np.zeros_like(visible)
-                if inside.any():
-                    mask[y0:y1, x0:x1] = segmenter.segment(generated, points[inside])
-                row["sam_points"] = int(inside.sum())
-            if generations_dir is not None:
-                full = np.full_like(image, 255)
-                full[y0:y1, x0:x1] = generated
-                write_image(Path(generations_dir) / f"{name}.png", full)
-            row.update(roi_xyxy=[x0, y0, x1, y1], joints_drawn=int(valid.sum()))
-        write_mask(partial / f"{name}.png", mask)
-        row["seconds"] = round(time.perf_counter() - t0, 4)
-        row["mask_pixels"], row["visible_pixels"] = int(mask.sum()), int(visible.sum())
-        if has_gt:
-            gt = seq.gt_full_mask(name)
-            row["iou"], row["iou_visible"] = round(mask_iou(mask, gt), 5), round(mask_iou(visible, gt), 5)
-        frames.append(row)
-        log.info("stage 0 frame %s: %s", name, row)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(partial, out_dir)
+    with atomic_dir(out_dir) as partial:
+        has_gt = seq.has_gt
+        frames = []
+        for k, name in enumerate(seq.frames):
+            t0 = time.perf_counter()
+            camera = seq.camera(name)
+            visible = seq.mask(name)
+            fragments = rasterize_mesh(posed.vertices[k], body.faces, camera)
+            body_silhouette = fragments.mask.numpy()
+            row: dict = {"name": name}
+            if cfg.method == "silhouette" or cfg.segmenter == "silhouette":
+                fit = _silhouette(visible, body_silhouette, cfg)
+                mask = fit.mask
+                row.update(shift_px=list(fit.shift), median_margin_px=round(fit.median_margin, 2),
+                           outline_evidence_px=fit.outline_evidence)
+            if cfg.method == "diffusion":
+                image = seq.image(name)
+                white = np.where(visible[..., None], image, 255).astype(np.uint8)
+                x0, y0, x1, y1 = padded_roi(body_silhouette | visible, cfg.roi_padding)
+                uv, depth = project_openpose(joints18[k], camera)
+                valid = self_occlusion_valid(uv, depth, fragments.depth, cfg.self_occlusion_tolerance)
+                canvas = draw_openpose(uv, valid, camera.width, camera.height)
+                generated = run_inpaint(
+                    pipe, white[y0:y1, x0:x1], ~visible[y0:y1, x0:x1], canvas[y0:y1, x0:x1],
+                    prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, num_inference_steps=cfg.num_inference_steps,
+                    guidance_scale=cfg.guidance_scale, controlnet_conditioning_scale=cfg.controlnet_conditioning_scale,
+                    seed=cfg.seed + k)
+                if segmenter is not None:
+                    # every joint inside the box prompts (a self-occluded joint still lies on the person's
+                    # 2D outline); the released code negated them, which put them off the image
+                    points = uv.numpy() - np.array([x0, y0])
+                    inside = ((points >= 0) & (points < np.array([x1 - x0, y1 - y0]))).all(axis=1)
+                    mask = np.zeros_like(visible)
+                    if inside.any():
+                        mask[y0:y1, x0:x1] = segmenter.segment(generated, points[inside])
+                    row["sam_points"] = int(inside.sum())
+                if generations_dir is not None:
+                    full = np.full_like(image, 255)
+                    full[y0:y1, x0:x1] = generated
+                    write_image(Path(generations_dir) / f"{name}.png", full)
+                row.update(roi_xyxy=[x0, y0, x1, y1], joints_drawn=int(valid.sum()))
+            write_mask(partial / f"{name}.png", mask)
+            row["seconds"] = round(time.perf_counter() - t0, 4)
+            row["mask_pixels"], row["visible_pixels"] = int(mask.sum()), int(visible.sum())
+            if has_gt:
+                gt = seq.gt_full_mask(name)
+                row["iou"], row["iou_visible"] = round(mask_iou(mask, gt), 5), round(mask_iou(visible, gt), 5)
+            frames.append(row)
+            log.info("stage 0 frame %s: %s", name, row)
 
     report = {**_describe(cfg, model_source), "config": to_dict(cfg), "device": str(device),
               "frames": frames, "model_load_seconds": round(load_seconds, 3),

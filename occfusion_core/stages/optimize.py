@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..config import OptimizeConfig, to_dict
-from ..io import save_torch, write_image
+from ..io import atomic_dir, save_torch, write_image
 from ..losses import LPIPSLoss, box_crop, masked_mean, ssim_map
 from .common import TrainingFrame, config_digest, file_digest, load_training_frames, pick_device
 from .training import TrainSchedule, train_gaussians
@@ -142,16 +142,9 @@ def render_training_frames(model, frames: list[TrainingFrame], background, backe
     """Write ``<name>.png`` (RGB over the background) and ``<name>_alpha.png`` for every frame."""
     from .common import render_gaussians
 
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for frame in frames:
-        d = model.deform(frame.poses, frame.betas, frame.trans)
-        out = render_gaussians(d, frame.camera, background, backend, view_frame)
-        write_image(tmp / f"{frame.name}.png", out.rgb.clamp(0, 1).cpu().numpy())
-        write_image(tmp / f"{frame.name}_alpha.png", out.alpha[..., 0].clamp(0, 1).cpu().numpy())
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        for frame in frames:
+            d = model.deform(frame.poses, frame.betas, frame.trans)
+            out = render_gaussians(d, frame.camera, background, backend, view_frame)
+            write_image(tmp / f"{frame.name}.png", out.rgb.clamp(0, 1).cpu().numpy())
+            write_image(tmp / f"{frame.name}_alpha.png", out.alpha[..., 0].clamp(0, 1).cpu().numpy())

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..io import write_image, write_video
+from ..io import atomic_dir, write_image, write_video
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +60,12 @@ def draw_overlays(data_dir, body_model_path, out_dir, video_path, fps: int = 15)
     params = seq.body_params()
     with torch.no_grad():
         verts = body(params["poses"], params["betas"], params["trans"]).vertices
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     frames = []
-    for i, name in enumerate(seq.frames):
-        img = overlay_frame(seq.image(name), verts[i], body.faces, seq.camera(name), seq.mask(name))
-        write_image(tmp / f"{name}.png", img)
-        frames.append(img)
-    write_video(video_path, frames, fps=fps)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        for i, name in enumerate(seq.frames):
+            img = overlay_frame(seq.image(name), verts[i], body.faces, seq.camera(name), seq.mask(name))
+            write_image(tmp / f"{name}.png", img)
+            frames.append(img)
+        write_video(video_path, frames, fps=fps)
     log.info("overlay: %d frames", len(frames))
     return len(frames)

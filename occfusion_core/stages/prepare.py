@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
 from ..config import ConfigError, SyntheticConfig, from_dict
+from ..io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +23,14 @@ def prepare_subject(source: dict, out_dir: str | os.PathLike, body_model_path: s
         body_model_path: SMPL-format file (the user's SMPL or the generated proxy).
     """
     kind, options = source["source"], source.get("options", {}) or {}
-    out_dir = Path(out_dir)
-    tmp_dir = out_dir.with_name(f".{out_dir.name}.partial")
-    if tmp_dir.exists():
-        shutil.rmtree(tmp_dir)
     start = time.time()
+    with atomic_dir(out_dir) as tmp_dir:
+        summary = _write_source(kind, options, tmp_dir, body_model_path)
+    log.info("prepared %s subject in %.1f s: %s", kind, time.time() - start, summary)
+    return summary or {}
+
+
+def _write_source(kind: str, options: dict, tmp_dir: Path, body_model_path) -> dict:
     if kind == "synthetic":
         from ..body.model import load_body_model
         from ..data.synthetic import generate_synthetic_subject
@@ -64,8 +67,4 @@ def prepare_subject(source: dict, out_dir: str | os.PathLike, body_model_path: s
         summary = prepare_zju(cfg.path, tmp_dir, cfg, load_body_model(body_model_path))
     else:
         raise ConfigError(f"source: unknown kind '{kind}' (synthetic, ocmotion, video, zju)")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp_dir, out_dir)
-    log.info("prepared %s subject in %.1f s: %s", kind, time.time() - start, summary)
-    return summary or {}
+    return summary

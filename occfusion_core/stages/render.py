@@ -4,16 +4,13 @@ novel-pose sequence, as PNGs and mp4 videos."""
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..config import RenderConfig
-from ..io import write_image, write_json, write_video
+from ..io import atomic_dir, write_image, write_json, write_video
 from .common import load_trained_model, pick_device
 
 log = logging.getLogger(__name__)
@@ -68,91 +65,85 @@ def render_all(data_dir, model_path, body_model_path, cfg: RenderConfig, out_dir
     renderer = AvatarRenderer(model, background, resolve_backend(cfg.backend),
                               saved["config"].get("sh_view_frame", "world"))
     params = seq.body_params()
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     counts, render_seconds = {}, 0.0
+    with atomic_dir(out_dir) as tmp:
 
-    def render(poses, betas, trans, cam):
-        nonlocal render_seconds
-        t = time.perf_counter()
-        img = renderer.image(poses, betas, trans, cam)
-        render_seconds += time.perf_counter() - t
-        return img
+        def render(poses, betas, trans, cam):
+            nonlocal render_seconds
+            t = time.perf_counter()
+            img = renderer.image(poses, betas, trans, cam)
+            render_seconds += time.perf_counter() - t
+            return img
 
-    # Training frames: input | render, side by side in the video.
-    video = []
-    for i, name in enumerate(seq.frames):
-        img = render(params["poses"][i], params["betas"][i], params["trans"][i], seq.camera(name))
-        write_image(tmp / "train" / f"{name}.png", img)
-        inp = _composite(seq.image(name), seq.mask(name), background)
-        video.append(np.concatenate([inp, img], 1))
-    write_video(tmp / "train.mp4", video, fps=cfg.fps)
-    counts["train"] = len(seq.frames)
+        # Training frames: input | render, side by side in the video.
+        video = []
+        for i, name in enumerate(seq.frames):
+            img = render(params["poses"][i], params["betas"][i], params["trans"][i], seq.camera(name))
+            write_image(tmp / "train" / f"{name}.png", img)
+            inp = _composite(seq.image(name), seq.mask(name), background)
+            video.append(np.concatenate([inp, img], 1))
+        write_video(tmp / "train.mp4", video, fps=cfg.fps)
+        counts["train"] = len(seq.frames)
 
-    # Held-out views (ground truth on top, render below, one column per view).
-    views = seq.heldout_views() if seq.has_gt else {}
-    if views:
-        index = {name: i for i, name in enumerate(seq.frames)}
-        by_frame: dict[str, list] = {}
-        for view, cam in views.items():
-            for name in seq.heldout_frames(view):
-                i = index[name]
-                img = render(params["poses"][i], params["betas"][i], params["trans"][i], cam)
-                write_image(tmp / "heldout" / view / f"{name}.png", img)
-                gt = _composite(seq.heldout_image(view, name), seq.heldout_mask(view, name), background)
-                by_frame.setdefault(name, []).append(np.concatenate([gt, img], 0))
-        write_video(tmp / "heldout.mp4", [np.concatenate(cols, 1) for cols in by_frame.values()], fps=cfg.fps // 3 or 1)
-        counts["heldout"] = sum(len(v) for v in by_frame.values())
+        # Held-out views (ground truth on top, render below, one column per view).
+        views = seq.heldout_views() if seq.has_gt else {}
+        if views:
+            index = {name: i for i, name in enumerate(seq.frames)}
+            by_frame: dict[str, list] = {}
+            for view, cam in views.items():
+                for name in seq.heldout_frames(view):
+                    i = index[name]
+                    img = render(params["poses"][i], params["betas"][i], params["trans"][i], cam)
+                    write_image(tmp / "heldout" / view / f"{name}.png", img)
+                    gt = _composite(seq.heldout_image(view, name), seq.heldout_mask(view, name), background)
+                    by_frame.setdefault(name, []).append(np.concatenate([gt, img], 0))
+            write_video(tmp / "heldout.mp4", [np.concatenate(cols, 1) for cols in by_frame.values()], fps=cfg.fps // 3 or 1)
+            counts["heldout"] = sum(len(v) for v in by_frame.values())
 
-    # 360-degree orbit around the body at the training camera's distance and height.
-    k = min(cfg.orbit_frame_index, len(seq.frames) - 1)
-    cam0 = seq.camera(seq.frames[k])
-    with torch.no_grad():
-        verts = body(params["poses"][k:k + 1].to(device), params["betas"][k:k + 1].to(device),
-                     params["trans"][k:k + 1].to(device)).vertices[0].cpu()
-    center = ((verts.min(0).values + verts.max(0).values) / 2).numpy()
-    eye0 = cam0.center.numpy()
-    radius = float(np.linalg.norm((eye0 - center)[[0, 2]]))
-    start = np.degrees(np.arctan2(eye0[0] - center[0], eye0[2] - center[2]))
-    orbit = []
-    for j in range(cfg.orbit_frames):
-        a = np.radians(start + 360.0 * j / cfg.orbit_frames)
-        eye = center + np.array([radius * np.sin(a), eye0[1] - center[1], radius * np.cos(a)])
-        cam = Camera(cam0.K, look_at(eye, center), cam0.width, cam0.height)
-        img = render(params["poses"][k], params["betas"][k], params["trans"][k], cam)
-        write_image(tmp / "orbit" / f"{j:05d}.png", img)
-        orbit.append(img)
-    write_video(tmp / "orbit.mp4", orbit, fps=cfg.fps)
-    counts["orbit"] = cfg.orbit_frames
+        # 360-degree orbit around the body at the training camera's distance and height.
+        k = min(cfg.orbit_frame_index, len(seq.frames) - 1)
+        cam0 = seq.camera(seq.frames[k])
+        with torch.no_grad():
+            verts = body(params["poses"][k:k + 1].to(device), params["betas"][k:k + 1].to(device),
+                         params["trans"][k:k + 1].to(device)).vertices[0].cpu()
+        center = ((verts.min(0).values + verts.max(0).values) / 2).numpy()
+        eye0 = cam0.center.numpy()
+        radius = float(np.linalg.norm((eye0 - center)[[0, 2]]))
+        start = np.degrees(np.arctan2(eye0[0] - center[0], eye0[2] - center[2]))
+        orbit = []
+        for j in range(cfg.orbit_frames):
+            a = np.radians(start + 360.0 * j / cfg.orbit_frames)
+            eye = center + np.array([radius * np.sin(a), eye0[1] - center[1], radius * np.cos(a)])
+            cam = Camera(cam0.K, look_at(eye, center), cam0.width, cam0.height)
+            img = render(params["poses"][k], params["betas"][k], params["trans"][k], cam)
+            write_image(tmp / "orbit" / f"{j:05d}.png", img)
+            orbit.append(img)
+        write_video(tmp / "orbit.mp4", orbit, fps=cfg.fps)
+        counts["orbit"] = cfg.orbit_frames
 
-    # Novel poses: a motion the subject never performed, seen from the training camera, keeping
-    # the first frame's global orientation and position.
-    from scipy.spatial.transform import Rotation
+        # Novel poses: a motion the subject never performed, seen from the training camera, keeping
+        # the first frame's global orientation and position.
+        from scipy.spatial.transform import Rotation
 
-    motion = torch.as_tensor(novel_pose_motion(cfg.novel_pose_motion, cfg.novel_pose_frames), dtype=torch.float32)
-    root0 = Rotation.from_rotvec(params["poses"][0, :3].double().numpy())
-    # the motion's own root rotation (hip sway), turned to face the way the subject faced in frame 0
-    roots = torch.as_tensor((root0 * Rotation.from_rotvec(motion[:, :3].double().numpy())).as_rotvec(),
-                            dtype=torch.float32)
-    novel = []
-    for j, pose in enumerate(motion):
-        pose = pose.clone()
-        pose[:3] = roots[j]
-        img = render(pose, params["betas"][0], params["trans"][0], seq.camera(seq.frames[0]))
-        write_image(tmp / "novel_pose" / f"{j:05d}.png", img)
-        novel.append(img)
-    write_video(tmp / "novel_pose.mp4", novel, fps=cfg.fps)
-    counts["novel_pose"] = len(novel)
+        motion = torch.as_tensor(novel_pose_motion(cfg.novel_pose_motion, cfg.novel_pose_frames), dtype=torch.float32)
+        root0 = Rotation.from_rotvec(params["poses"][0, :3].double().numpy())
+        # the motion's own root rotation (hip sway), turned to face the way the subject faced in frame 0
+        roots = torch.as_tensor((root0 * Rotation.from_rotvec(motion[:, :3].double().numpy())).as_rotvec(),
+                                dtype=torch.float32)
+        novel = []
+        for j, pose in enumerate(motion):
+            pose = pose.clone()
+            pose[:3] = roots[j]
+            img = render(pose, params["betas"][0], params["trans"][0], seq.camera(seq.frames[0]))
+            write_image(tmp / "novel_pose" / f"{j:05d}.png", img)
+            novel.append(img)
+        write_video(tmp / "novel_pose.mp4", novel, fps=cfg.fps)
+        counts["novel_pose"] = len(novel)
 
-    total = sum(counts.values())
-    summary = {"counts": counts, "render_fps": round(total / max(render_seconds, 1e-9), 1),
-               "backend": renderer.backend, "device": str(device), "model": str(model_path)}
-    write_json(tmp / "summary.json", summary)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+        total = sum(counts.values())
+        summary = {"counts": counts, "render_fps": round(total / max(render_seconds, 1e-9), 1),
+                   "backend": renderer.backend, "device": str(device), "model": str(model_path)}
+        write_json(tmp / "summary.json", summary)
+
     log.info("render: %s", summary)
     return summary

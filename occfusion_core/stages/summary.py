@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import logging
-from pathlib import Path
 
 from ..io import atomic_path, read_json
 
