@@ -32,15 +32,20 @@ import torch
 log = logging.getLogger(__name__)
 
 EXTENSION_NAME = "occfusion_rasterize_cpu"
-SOURCE = Path(__file__).resolve().parent / "csrc" / "rasterize_cpu.cpp"
-# No -march=native: the build must run on any x86-64 host that shares the cache folder. No
-# -ffast-math: it would change the skip/stop comparisons that the semantics define exactly.
-CXX_FLAGS = ["-O3", "-fopenmp"]
+SOURCE = Path(__file__).resolve().parent / "csrc" / "rasterize_cpu.cpp"  # includes csrc/tile_kernels.h
+# No -march=native: the build must run on any x86-64 host that shares the cache folder (the source
+# carries an AVX2 variant of its hot loops, picked at run time). No -ffast-math: it would change the
+# skip/stop comparisons that the semantics define exactly. -ffp-contract=off: no fused multiply-adds,
+# so every instruction set rounds like the torch reference, operation for operation.
+# -fno-trapping-math -fno-math-errno (as torch itself is built): they change no result, but let the
+# compiler turn the branch-free lane loops into SIMD selects.
+CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"]
 LD_FLAGS = ["-fopenmp"]
 
 _lock = threading.Lock()
 _loaded = False
-_load_error: str | None = None
+_load_error: str | None = None  # why the build failed; a failed build is not retried in this process
+_warned = False
 
 
 def _repo_root() -> Path | None:
@@ -101,11 +106,12 @@ def is_available() -> bool:
 
     On failure logs one warning with the reason; callers then use the torch reference backend.
     """
+    global _warned
     try:
         load_extension()
     except RuntimeError:
-        if not getattr(is_available, "_warned", False):
-            is_available._warned = True  # type: ignore[attr-defined]
+        if not _warned:
+            _warned = True
             log.warning("C++ rasterizer unavailable, the torch reference rasterizer will be used instead. %s",
                         _load_error)
         return False
@@ -168,6 +174,20 @@ def rasterize_to_pixels(
     return RasterizeToPixelsCpp.apply(means2d.contiguous(), conics.contiguous(), colors.contiguous(),
                                       opacities.contiguous(), depths.contiguous(), radii.contiguous(),
                                       int(width), int(height))
+
+
+def register_backend() -> None:
+    """Build/load the extension and register :func:`rasterize_to_pixels` as pixel backend "cpp" (CPU only).
+
+    Meant for the registry's lazy loader, so that importing this module never compiles.
+
+    Raises:
+        RuntimeError: the extension is unavailable; the message holds the compiler's output.
+    """
+    load_extension()
+    from . import register_pixel_backend
+
+    register_pixel_backend("cpp", rasterize_to_pixels, devices=("cpu",))
 
 
 def main(argv: list[str] | None = None) -> int:

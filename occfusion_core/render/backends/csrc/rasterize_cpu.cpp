@@ -9,18 +9,19 @@
 //   is not included); otherwise colour += alpha T c and T = next_T. Output alpha = 1 - T_final.
 //
 // Layout of the work:
-//   1. Per Gaussian, the exact pixel rectangle it may touch (the box test above is a rectangle).
-//   2. One global stable depth sort of the visible Gaussians, then binning into 16x16 tiles by counting
-//      and prefix sums; filling the bins in sorted order keeps every bin depth-sorted without a per-tile
-//      sort.
-//   3. Tiles in parallel (OpenMP, dynamic schedule). Inside a tile the loop runs over Gaussians (front
-//      to back) and, for each, only over the pixels of its rectangle and its opacity ellipse, carrying
-//      per-pixel transmittance. Per-pixel order is still front to back, so results equal the per-pixel
-//      formulation.
-//   4. Forward keeps, per pixel, the final T and how many entries of its tile's bin it walked up to the
-//      last included Gaussian. Backward walks each tile's bin back to front, recovers T by division,
-//      and writes one gradient record per (Gaussian, tile) pair; records are summed per Gaussian in a
-//      fixed serial order, so results do not depend on thread scheduling.
+//   1. Per Gaussian, the pixel rectangle it may touch: the box test above (a rectangle, computed
+//      exactly), shrunk to the bounding box of the ellipse outside which alpha < 1/255 for certain.
+//   2. One global stable depth sort (radix) of the visible Gaussians, then binning into 16x16 tiles
+//      by counting and prefix sums; filling the bins in sorted order keeps every bin depth-sorted
+//      without a per-tile sort.
+//   3. Tiles in parallel (OpenMP, dynamic schedule), kernels in tile_kernels.h: inside a tile the loop
+//      runs over Gaussians front to back and, for each, over the tile rows of its rectangle, the 16
+//      pixels of a row at once in SIMD lanes.
+//   4. Forward keeps, per pixel, the final T and how far into its tile's bin it composited. Backward
+//      walks each tile's bin back to front, recovers T by division, and writes one gradient record per
+//      (Gaussian, tile) pair; records are summed per Gaussian in bin order, so results do not depend
+//      on thread scheduling (nor, as every per-lane sum runs in one fixed column order, on the SIMD
+//      width).
 //
 // Registered as torch.ops.occfusion_cpu.rasterize_forward / rasterize_backward (no pybind11: faster
 // to compile). The Python wrapper is occfusion_core/render/backends/cpp.py.
@@ -33,19 +34,29 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
 #include <limits>
-#include <numeric>
+#include <memory>
+#include <string>
 #include <vector>
 
 namespace occfusion {
-namespace {
 
 constexpr int kTileSize = 16;
 constexpr int kTilePixels = kTileSize * kTileSize;
 // Record layout of one (Gaussian, tile) gradient: mean x, mean y, conic a, b, c, opacity, colours.
 constexpr int kGradHeader = 6;
+// The per-Gaussian loops cost ~10-50 ns an element: below this many elements they run serially,
+// since waking a thread team costs more than it saves (and much more on a busy machine).
+constexpr int64_t kSerialGrain = 1 << 16;
+// Slack added to the exact cut-off sigma = log(255 o) beyond which alpha < 1/255; it absorbs the
+// rounding of exp and of sigma, so culling by the cut-off never drops a pixel the exact rule draws.
+constexpr double kCutMargin = 1e-2;
 
 template <typename scalar_t>
 struct Rule {
@@ -53,6 +64,146 @@ struct Rule {
   static constexpr scalar_t kMaxAlpha = scalar_t(0.999);
   static constexpr scalar_t kMinTransmittance = scalar_t(1e-4);
 };
+
+// One visible Gaussian, packed in depth order so that the tile loops read memory mostly in sequence.
+template <typename scalar_t>
+struct Packed {
+  scalar_t mx, my, a, b, c, opacity;
+  // Pixels with sigma above this are skipped: alpha < 1/255 there for certain.
+  scalar_t sigma_cut;
+  int col_lo, col_hi, row_lo, row_hi;  // inclusive pixel rectangle
+};
+
+struct TileGrid {
+  int width, height, tiles_x, tiles_y;
+  int64_t count() const { return int64_t(tiles_x) * tiles_y; }
+};
+
+struct TileBox {
+  int x0, y0, x1, y1;  // inclusive pixel bounds
+};
+
+inline TileBox tile_box(const TileGrid& grid, int64_t tile) {
+  const int ty = int(tile / grid.tiles_x), tx = int(tile % grid.tiles_x);
+  TileBox box;
+  box.x0 = tx * kTileSize, box.y0 = ty * kTileSize;
+  box.x1 = std::min(box.x0 + kTileSize, grid.width) - 1;
+  box.y1 = std::min(box.y0 + kTileSize, grid.height) - 1;
+  return box;
+}
+
+// Heap array aligned to 64 bytes for the kernels' vector types. std::vector is not enough: the
+// alignment GCC gives a vector type depends on the target region it is named in, while
+// std::vector<T> is instantiated once for all of them.
+template <typename T>
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  ~AlignedBuffer() { std::free(data_); }
+  void resize(size_t size) {
+    std::free(data_);
+    const size_t bytes = std::max<size_t>(64, (size * sizeof(T) + 63) / 64 * 64);
+    data_ = static_cast<T*>(std::aligned_alloc(64, bytes));
+    TORCH_CHECK(data_ != nullptr, "rasterize_cpu: out of memory allocating ", bytes, " bytes");
+    size_ = size;
+  }
+  T* data() { return data_; }
+  T* begin() { return data_; }
+  T* end() { return data_ + size_; }
+  T& operator[](size_t i) { return data_[i]; }
+
+ private:
+  T* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// The per-tile kernels, once per instruction set (the x86 SIMD ones only on x86; elsewhere the
+// baseline's 16-byte vectors map onto NEON and the like); -ffp-contract=off keeps their results
+// identical. Their vector-typed helpers are always inlined, so GCC's vector-ABI notes do not apply.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+#if defined(__x86_64__) || defined(__i386__)
+namespace kernels_avx512 {
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx2")
+constexpr int kVectorBytes = 64;
+#include "tile_kernels.h"
+#pragma GCC pop_options
+}  // namespace kernels_avx512
+
+namespace kernels_avx2 {
+#pragma GCC push_options
+#pragma GCC target("avx2")
+constexpr int kVectorBytes = 32;
+#include "tile_kernels.h"
+#pragma GCC pop_options
+}  // namespace kernels_avx2
+#define OCCFUSION_HAVE_X86_KERNELS 1
+#endif
+
+namespace kernels_baseline {
+constexpr int kVectorBytes = 16;
+#include "tile_kernels.h"
+}  // namespace kernels_baseline
+#pragma GCC diagnostic pop
+
+namespace {
+
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+
+// The widest kernel set this CPU runs, lowered by $OCCFUSION_CPU_ISA = baseline | avx2 (the tests use
+// it to check that every set gives the same results). Read once per process.
+Isa cpu_isa() {
+  static const Isa isa = [] {
+    Isa best = Isa::kBaseline;
+#ifdef OCCFUSION_HAVE_X86_KERNELS
+    if (__builtin_cpu_supports("avx2")) best = Isa::kAvx2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw"))
+      best = Isa::kAvx512;
+#endif
+    const char* requested = std::getenv("OCCFUSION_CPU_ISA");
+    if (requested != nullptr && std::strcmp(requested, "baseline") == 0) return Isa::kBaseline;
+    if (requested != nullptr && std::strcmp(requested, "avx2") == 0) return std::min(best, Isa::kAvx2);
+    return best;
+  }();
+  return isa;
+}
+
+// The kernel set cpu_isa() picked (the baseline one only where no x86 variant is compiled in).
+template <typename scalar_t>
+auto pick_forward() {
+#ifdef OCCFUSION_HAVE_X86_KERNELS
+  if (cpu_isa() == Isa::kAvx512) return kernels_avx512::forward_tiles<scalar_t>;
+  if (cpu_isa() == Isa::kAvx2) return kernels_avx2::forward_tiles<scalar_t>;
+#endif
+  return kernels_baseline::forward_tiles<scalar_t>;
+}
+
+template <typename scalar_t>
+auto pick_backward() {
+#ifdef OCCFUSION_HAVE_X86_KERNELS
+  if (cpu_isa() == Isa::kAvx512) return kernels_avx512::backward_tiles<scalar_t>;
+  if (cpu_isa() == Isa::kAvx2) return kernels_avx2::backward_tiles<scalar_t>;
+#endif
+  return kernels_baseline::backward_tiles<scalar_t>;
+}
+
+std::string simd_level() {
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "baseline";
+  }
+}
+
+template <typename scalar_t>
+scalar_t sigma_cutoff(scalar_t opacity) {
+  if (!(opacity > scalar_t(0))) return -std::numeric_limits<scalar_t>::infinity();
+  return scalar_t(std::log(255.0 * double(opacity)) + kCutMargin);
+}
 
 // Inclusive pixel index range [lo, hi] of {i in [0, size) : |(i + 0.5) - mu| <= r}, the test evaluated
 // in scalar_t exactly as the semantics state. Returns false when empty. The set is an interval because
@@ -72,76 +223,75 @@ bool pixel_range(scalar_t mu, scalar_t r, int size, int& lo, int& hi) {
   return lo <= hi;
 }
 
-// Ascending depth, NaN last (like torch.sort), ties by index (the caller uses a stable sort).
+// Shrinks [col_lo, col_hi] x [row_lo, row_hi] to the pixels whose centres may have sigma <= cut: the
+// bounding box of the ellipse 0.5 d^T Q d = cut, |dx| <= sqrt(2 cut c / det), |dy| <= sqrt(2 cut a / det),
+// widened by a pixel. Returns false when no pixel can be drawn.
+//
+// Why this never drops a pixel the exact rule draws: outside the ellipse the exact sigma >= cut, and
+// sigma evaluated in scalar_t is within rel * sigma of it, rel = 16 eps (a + c) / lambda_min(Q) (each
+// of the three products rounds to within a few eps of |a| dx^2, |c| dy^2, 2 |b dx dy|). When rel * cut
+// is below half the cut margin, the rounded sigma stays above log(255 o) and the rule skips the pixel.
+// Poorly conditioned conics (rel too big) keep their full box.
 template <typename scalar_t>
-bool depth_less(scalar_t a, scalar_t b) {
-  if (std::isnan(a)) return false;
-  if (std::isnan(b)) return true;
-  return a < b;
+bool shrink_to_ellipse(scalar_t mx, scalar_t my, scalar_t a_, scalar_t b_, scalar_t c_, scalar_t cut_, int& col_lo,
+                       int& col_hi, int& row_lo, int& row_hi) {
+  const double a = a_, b = b_, c = c_, cut = cut_;
+  // sigma >= 0 is required to draw, and alpha <= o < 1/255 there when cut < 0 (includes o <= 0).
+  if (cut < 0.0) return false;
+  const double det = a * c - b * b;
+  if (!(a > 0.0) || !(c > 0.0) || !(det > 0.0) || !std::isfinite(cut)) return true;
+  const double lambda_min = 0.5 * (a + c) - std::sqrt(0.25 * (a - c) * (a - c) + b * b);
+  if (!(lambda_min > 0.0)) return true;
+  const double rel = 16.0 * double(std::numeric_limits<scalar_t>::epsilon()) * (a + c) / lambda_min;
+  if (rel * cut > 0.5 * kCutMargin) return true;
+  const double extent_x = std::sqrt(2.0 * cut * c / det), extent_y = std::sqrt(2.0 * cut * a / det);
+  // Centres px = i + 0.5 with |px - mx| <= extent_x, one pixel of slack each side.
+  const double lo_x = std::ceil(double(mx) - extent_x - 0.5) - 1.0, hi_x = std::floor(double(mx) + extent_x - 0.5) + 1.0;
+  const double lo_y = std::ceil(double(my) - extent_y - 0.5) - 1.0, hi_y = std::floor(double(my) + extent_y - 0.5) + 1.0;
+  if (lo_x > col_lo) col_lo = int(std::min(lo_x, double(col_hi) + 1.0));
+  if (hi_x < col_hi) col_hi = int(std::max(hi_x, double(col_lo) - 1.0));
+  if (lo_y > row_lo) row_lo = int(std::min(lo_y, double(row_hi) + 1.0));
+  if (hi_y < row_hi) row_hi = int(std::max(hi_y, double(row_lo) - 1.0));
+  return col_lo <= col_hi && row_lo <= row_hi;
 }
 
-// One visible Gaussian, packed in depth order so that the tile loops read memory mostly in sequence.
-template <typename scalar_t>
-struct Packed {
-  scalar_t mx, my, a, b, c, opacity;
-  // sigma above which opacity * exp(-sigma) < 1/255 for certain (includes a rounding margin); used
-  // only to skip pixels that the exact rule would skip anyway.
-  scalar_t sigma_cut;
-  int col_lo, col_hi, row_lo, row_hi;
-};
-
-// Margin added to the exact cut-off log(255 o); it absorbs the rounding of exp and of sigma.
-constexpr double kCutMargin = 1e-3;
-
-template <typename scalar_t>
-scalar_t sigma_cutoff(scalar_t opacity) {
-  if (!(opacity > scalar_t(0))) return -std::numeric_limits<scalar_t>::infinity();
-  return scalar_t(std::log(255.0 * double(opacity)) + kCutMargin);
+// Unsigned key whose ascending order is the depth's ascending order, with -0 equal to +0 and every
+// NaN last, as torch.sort orders them.
+inline uint32_t depth_key(float depth) {
+  if (std::isnan(depth)) return 0xFFFFFFFFu;
+  const uint32_t bits = std::bit_cast<uint32_t>(depth == 0.0f ? 0.0f : depth);
+  return (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;
 }
 
-// Columns [lo, hi] within [clip_lo, clip_hi] of a row where sigma may be <= sigma_cut; false if none.
-// sigma(dx) = 0.5 a dx^2 + (b dy) dx + 0.5 c dy^2 is a parabola in dx, so its sub-level set is an
-// interval; it is widened by one pixel on each side, and the whole clip range is kept whenever the
-// conic is not positive definite or sigma's rounding error in scalar_t could exceed half the cut
-// margin, so a pixel that the exact rule keeps is never dropped.
-template <typename scalar_t>
-bool ellipse_row_span(const Packed<scalar_t>& g, double dy, int clip_lo, int clip_hi, int& lo, int& hi) {
-  lo = clip_lo;
-  hi = clip_hi;
-  const double a = g.a, b = g.b, c = g.c, cut = g.sigma_cut, mx = g.mx;
-  if (!(a > 0.0) || !(a * c - b * b > 0.0) || !std::isfinite(cut)) return true;
-  const double dx_max = std::max(std::abs(mx - (clip_lo + 0.5)), std::abs(mx - (clip_hi + 0.5)));
-  const double magnitude = a * dx_max * dx_max + c * dy * dy + 2.0 * std::abs(b * dy) * dx_max;
-  if (8.0 * double(std::numeric_limits<scalar_t>::epsilon()) * magnitude > 0.5 * kCutMargin) return true;
-  const double lin = b * dy;
-  const double disc = lin * lin - 2.0 * a * (0.5 * c * dy * dy - cut);
-  if (disc < 0.0) return false;
-  const double root = std::sqrt(disc);
-  // dx = mx - (col + 0.5), so the dx interval maps to a reversed column interval.
-  const double dx_lo = (-lin - root) / a, dx_hi = (-lin + root) / a;
-  const double span_lo = std::floor(mx - dx_hi - 0.5) - 1.0;
-  const double span_hi = std::ceil(mx - dx_lo - 0.5) + 1.0;
-  if (span_lo > double(clip_lo)) lo = int(std::min(span_lo, double(clip_hi) + 1.0));
-  if (span_hi < double(clip_hi)) hi = int(std::max(span_hi, double(clip_lo) - 1.0));
-  return lo <= hi;
+inline uint64_t depth_key(double depth) {
+  if (std::isnan(depth)) return ~uint64_t(0);
+  const uint64_t bits = std::bit_cast<uint64_t>(depth == 0.0 ? 0.0 : depth);
+  return (bits & (uint64_t(1) << 63)) ? ~bits : bits | (uint64_t(1) << 63);
 }
 
-// The exact per-pixel rule up to (and without) the transmittance test. Returns false when the
-// Gaussian is skipped for this pixel; forward and backward share it so both take identical branches.
+// Sorts `order` (ascending indices) by depth, stably, so ties keep index order: LSD radix sort on
+// depth_key, 8 bits a pass, skipping the passes where all keys share the digit.
 template <typename scalar_t>
-inline bool pixel_alpha(const Packed<scalar_t>& g, scalar_t dx, scalar_t dy, scalar_t& sigma, scalar_t& gauss,
-                        scalar_t& alpha) {
-  sigma = scalar_t(0.5) * (g.a * dx * dx + g.c * dy * dy) + g.b * dx * dy;
-  if (sigma < scalar_t(0) || sigma > g.sigma_cut) return false;
-  gauss = std::exp(-sigma);
-  alpha = std::min(Rule<scalar_t>::kMaxAlpha, g.opacity * gauss);
-  return !(alpha < Rule<scalar_t>::kMinAlpha);
+void sort_by_depth(std::vector<int32_t>& order, const scalar_t* depths) {
+  using Key = decltype(depth_key(scalar_t(0)));
+  const size_t n = order.size();
+  std::vector<Key> keys(n), keys_tmp(n);
+  std::vector<int32_t> order_tmp(n);
+  for (size_t k = 0; k < n; ++k) keys[k] = depth_key(depths[order[k]]);
+  for (int shift = 0; shift < int(8 * sizeof(Key)); shift += 8) {
+    size_t count[257] = {0};
+    for (size_t k = 0; k < n; ++k) ++count[((keys[k] >> shift) & 0xFF) + 1];
+    if (std::any_of(count + 1, count + 257, [n](size_t c) { return c == n; })) continue;  // one digit value
+    for (int d = 0; d < 256; ++d) count[d + 1] += count[d];
+    for (size_t k = 0; k < n; ++k) {
+      const size_t dst = count[(keys[k] >> shift) & 0xFF]++;
+      keys_tmp[dst] = keys[k];
+      order_tmp[dst] = order[k];
+    }
+    keys.swap(keys_tmp);
+    order.swap(order_tmp);
+  }
 }
-
-struct TileGrid {
-  int width, height, tiles_x, tiles_y;
-  int64_t count() const { return int64_t(tiles_x) * tiles_y; }
-};
 
 // Binning result: bin of tile t is tile_ranks[tile_offsets[t] .. tile_offsets[t+1]), entries are
 // positions in depth order (indices into sorted_ids / rects).
@@ -153,21 +303,28 @@ struct Bins {
 };
 
 template <typename scalar_t>
-Bins bin_gaussians(const at::Tensor& means2d, const at::Tensor& depths, const at::Tensor& radii, const TileGrid& grid) {
+Bins bin_gaussians(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opacities,
+                   const at::Tensor& depths, const at::Tensor& radii, const TileGrid& grid) {
   const int64_t n = means2d.size(0);
   const scalar_t* mean_ptr = means2d.data_ptr<scalar_t>();
+  const scalar_t* conic_ptr = conics.data_ptr<scalar_t>();
+  const scalar_t* opacity_ptr = opacities.data_ptr<scalar_t>();
   const scalar_t* depth_ptr = depths.data_ptr<scalar_t>();
   const int32_t* radii_ptr = radii.data_ptr<int32_t>();
 
   std::vector<int32_t> rect_all(size_t(n) * 4);
   std::vector<uint8_t> visible(n, 0);
-  at::parallel_for(0, n, 2048, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n, kSerialGrain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int32_t rx = radii_ptr[2 * i], ry = radii_ptr[2 * i + 1];
       if (rx <= 0 || ry <= 0) continue;
+      const scalar_t mx = mean_ptr[2 * i], my = mean_ptr[2 * i + 1];
       int c0, c1, r0, r1;
-      if (!pixel_range<scalar_t>(mean_ptr[2 * i], scalar_t(rx), grid.width, c0, c1)) continue;
-      if (!pixel_range<scalar_t>(mean_ptr[2 * i + 1], scalar_t(ry), grid.height, r0, r1)) continue;
+      if (!pixel_range<scalar_t>(mx, scalar_t(rx), grid.width, c0, c1)) continue;
+      if (!pixel_range<scalar_t>(my, scalar_t(ry), grid.height, r0, r1)) continue;
+      if (!shrink_to_ellipse<scalar_t>(mx, my, conic_ptr[3 * i], conic_ptr[3 * i + 1], conic_ptr[3 * i + 2],
+                                       sigma_cutoff(opacity_ptr[i]), c0, c1, r0, r1))
+        continue;
       int32_t* rect = rect_all.data() + 4 * i;
       rect[0] = c0, rect[1] = c1, rect[2] = r0, rect[3] = r1;
       visible[i] = 1;
@@ -178,8 +335,7 @@ Bins bin_gaussians(const at::Tensor& means2d, const at::Tensor& depths, const at
   order.reserve(n);
   for (int64_t i = 0; i < n; ++i)
     if (visible[i]) order.push_back(int32_t(i));
-  std::stable_sort(order.begin(), order.end(),
-                   [&](int32_t x, int32_t y) { return depth_less(depth_ptr[x], depth_ptr[y]); });
+  sort_by_depth(order, depth_ptr);
   const int64_t n_visible = int64_t(order.size());
 
   auto int_opts = at::TensorOptions().dtype(at::kInt);
@@ -191,19 +347,21 @@ Bins bin_gaussians(const at::Tensor& means2d, const at::Tensor& depths, const at
   int32_t* rects_ptr = bins.rects.data_ptr<int32_t>();
   int32_t* offsets = bins.tile_offsets.data_ptr<int32_t>();
 
-  // Counting pass, then exclusive prefix sum into offsets.
-  int64_t n_pairs = 0;
+  // Counting pass (64-bit, checked before narrowing), then prefix sums into offsets.
+  std::vector<int64_t> counts(grid.count() + 1, 0);
   for (int64_t k = 0; k < n_visible; ++k) {
     const int32_t* src = rect_all.data() + 4 * int64_t(order[k]);
     int32_t* dst = rects_ptr + 4 * k;
     std::copy(src, src + 4, dst);
     sorted_ptr[k] = order[k];
     for (int ty = dst[2] / kTileSize; ty <= dst[3] / kTileSize; ++ty)
-      for (int tx = dst[0] / kTileSize; tx <= dst[1] / kTileSize; ++tx) ++offsets[int64_t(ty) * grid.tiles_x + tx + 1];
+      for (int tx = dst[0] / kTileSize; tx <= dst[1] / kTileSize; ++tx) ++counts[int64_t(ty) * grid.tiles_x + tx + 1];
   }
-  for (int64_t t = 0; t < grid.count(); ++t) offsets[t + 1] += offsets[t];
-  n_pairs = offsets[grid.count()];
-  TORCH_CHECK(n_pairs < std::numeric_limits<int32_t>::max(), "rasterize_cpu: too many (Gaussian, tile) pairs: ", n_pairs);
+  for (int64_t t = 0; t < grid.count(); ++t) counts[t + 1] += counts[t];
+  const int64_t n_pairs = counts[grid.count()];
+  TORCH_CHECK(n_pairs < std::numeric_limits<int32_t>::max(), "rasterize_cpu: too many (Gaussian, tile) pairs: ",
+              n_pairs);
+  std::copy(counts.begin(), counts.end(), offsets);
 
   // Filling pass in depth order keeps each bin depth-sorted.
   bins.tile_ranks = at::empty({n_pairs}, int_opts);
@@ -228,7 +386,7 @@ std::vector<Packed<scalar_t>> pack_gaussians(const Bins& bins, const at::Tensor&
   const scalar_t* conic_ptr = conics.data_ptr<scalar_t>();
   const scalar_t* opacity_ptr = opacities.data_ptr<scalar_t>();
   std::vector<Packed<scalar_t>> packed(n_visible);
-  at::parallel_for(0, n_visible, 4096, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n_visible, kSerialGrain, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const int64_t i = ids[k];
       Packed<scalar_t>& g = packed[k];
@@ -249,24 +407,11 @@ std::vector<scalar_t> pack_colors(const Bins& bins, const at::Tensor& colors) {
   const int32_t* ids = bins.sorted_ids.data_ptr<int32_t>();
   const scalar_t* color_ptr = colors.data_ptr<scalar_t>();
   std::vector<scalar_t> packed(size_t(n_visible * n_channels));
-  at::parallel_for(0, n_visible, 4096, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n_visible, kSerialGrain, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k)
       std::copy(color_ptr + ids[k] * n_channels, color_ptr + (ids[k] + 1) * n_channels, packed.data() + k * n_channels);
   });
   return packed;
-}
-
-struct TileBox {
-  int x0, y0, x1, y1;  // inclusive pixel bounds
-};
-
-inline TileBox tile_box(const TileGrid& grid, int64_t tile) {
-  const int ty = int(tile / grid.tiles_x), tx = int(tile % grid.tiles_x);
-  TileBox box;
-  box.x0 = tx * kTileSize, box.y0 = ty * kTileSize;
-  box.x1 = std::min(box.x0 + kTileSize, grid.width) - 1;
-  box.y1 = std::min(box.y0 + kTileSize, grid.height) - 1;
-  return box;
 }
 
 void check_inputs(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& colors,
@@ -301,7 +446,7 @@ void check_inputs(const at::Tensor& means2d, const at::Tensor& conics, const at:
               depths.scalar_type());
   TORCH_CHECK(radii.scalar_type() == at::kInt, "rasterize_cpu: radii must be int32, got ", radii.scalar_type());
   TORCH_CHECK(width >= 1 && height >= 1 && width <= (1 << 20) && height <= (1 << 20),
-              "rasterize_cpu: image size must be positive and below 2^20, got ", width, " x ", height);
+              "rasterize_cpu: image size must be positive and at most 2^20, got ", width, " x ", height);
   TORCH_CHECK(n < std::numeric_limits<int32_t>::max(), "rasterize_cpu: too many Gaussians: ", n);
 }
 
@@ -313,79 +458,8 @@ TileGrid make_grid(int64_t width, int64_t height) {
   return grid;
 }
 
-template <typename scalar_t>
-void forward_tiles(const TileGrid& grid, const Bins& bins, const std::vector<Packed<scalar_t>>& packed,
-                   const std::vector<scalar_t>& packed_colors, int64_t n_channels, at::Tensor& image,
-                   at::Tensor& alpha, at::Tensor& final_T, at::Tensor& n_walked) {
-  const int32_t* offsets = bins.tile_offsets.data_ptr<int32_t>();
-  const int32_t* ranks = bins.tile_ranks.data_ptr<int32_t>();
-  scalar_t* image_ptr = image.data_ptr<scalar_t>();
-  scalar_t* alpha_ptr = alpha.data_ptr<scalar_t>();
-  scalar_t* final_T_ptr = final_T.data_ptr<scalar_t>();
-  int32_t* walked_ptr = n_walked.data_ptr<int32_t>();
-  const int C = int(n_channels);
-
-#pragma omp parallel num_threads(std::max(1, at::get_num_threads()))
-  {
-    // Per-tile pixel state, indexed by (row - y0) * kTileSize + (col - x0).
-    std::vector<scalar_t> T(kTilePixels), accum(size_t(kTilePixels) * C);
-    std::vector<int32_t> walked(kTilePixels);
-    std::vector<uint8_t> done(kTilePixels);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t tile = 0; tile < grid.count(); ++tile) {
-      const TileBox box = tile_box(grid, tile);
-      const int n_pixels = (box.x1 - box.x0 + 1) * (box.y1 - box.y0 + 1);
-      std::fill(T.begin(), T.end(), scalar_t(1));
-      std::fill(accum.begin(), accum.end(), scalar_t(0));
-      std::fill(walked.begin(), walked.end(), 0);
-      std::fill(done.begin(), done.end(), uint8_t(0));
-      int n_done = 0;
-      const int32_t begin = offsets[tile], end = offsets[tile + 1];
-      for (int32_t k = begin; k < end && n_done < n_pixels; ++k) {
-        const int32_t rank = ranks[k];
-        const Packed<scalar_t>& g = packed[rank];
-        const scalar_t* color = packed_colors.data() + int64_t(rank) * C;
-        const int row_lo = std::max(g.row_lo, box.y0), row_hi = std::min(g.row_hi, box.y1);
-        const int col_lo = std::max(g.col_lo, box.x0), col_hi = std::min(g.col_hi, box.x1);
-        for (int row = row_lo; row <= row_hi; ++row) {
-          const scalar_t dy = g.my - (scalar_t(row) + scalar_t(0.5));
-          int span_lo, span_hi;
-          if (!ellipse_row_span(g, double(dy), col_lo, col_hi, span_lo, span_hi)) continue;
-          const int row_base = (row - box.y0) * kTileSize - box.x0;
-          for (int col = span_lo; col <= span_hi; ++col) {
-            const int p = row_base + col;
-            if (done[p]) continue;
-            const scalar_t dx = g.mx - (scalar_t(col) + scalar_t(0.5));
-            scalar_t sigma, gauss, a;
-            if (!pixel_alpha(g, dx, dy, sigma, gauss, a)) continue;
-            const scalar_t next_T = T[p] * (scalar_t(1) - a);
-            if (next_T <= Rule<scalar_t>::kMinTransmittance) {
-              done[p] = 1;
-              ++n_done;
-              continue;
-            }
-            const scalar_t weight = a * T[p];
-            scalar_t* acc = accum.data() + size_t(p) * C;
-            for (int ch = 0; ch < C; ++ch) acc[ch] += weight * color[ch];
-            T[p] = next_T;
-            walked[p] = k - begin + 1;
-          }
-        }
-      }
-      for (int row = box.y0; row <= box.y1; ++row) {
-        for (int col = box.x0; col <= box.x1; ++col) {
-          const int p = (row - box.y0) * kTileSize + (col - box.x0);
-          const int64_t pixel = int64_t(row) * grid.width + col;
-          std::copy(accum.data() + size_t(p) * C, accum.data() + size_t(p + 1) * C, image_ptr + pixel * C);
-          alpha_ptr[pixel] = scalar_t(1) - T[p];
-          final_T_ptr[pixel] = T[p];
-          walked_ptr[pixel] = walked[p];
-        }
-      }
-    }
-  }
-}
-
+// Returns image (H,W,C), alpha (H,W,1) and, for the backward, final_T (H,W), n_walked (H,W) int32,
+// tile_offsets (T+1,) int32, tile_ranks (P,) int32, sorted_ids (V,) int32, rects (V,4) int32.
 std::vector<at::Tensor> rasterize_forward(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& colors,
                                           const at::Tensor& opacities, const at::Tensor& depths,
                                           const at::Tensor& radii, int64_t width, int64_t height) {
@@ -399,107 +473,15 @@ std::vector<at::Tensor> rasterize_forward(const at::Tensor& means2d, const at::T
   at::Tensor n_walked = at::empty({height, width}, float_opts.dtype(at::kInt));
   Bins bins;
   AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_cpu_forward", [&] {
-    bins = bin_gaussians<scalar_t>(means2d, depths, radii, grid);
+    bins = bin_gaussians<scalar_t>(means2d, conics, opacities, depths, radii, grid);
     const auto packed = pack_gaussians<scalar_t>(bins, means2d, conics, opacities);
     const auto packed_colors = pack_colors<scalar_t>(bins, colors);
-    forward_tiles<scalar_t>(grid, bins, packed, packed_colors, n_channels, image, alpha, final_T, n_walked);
+    auto run = pick_forward<scalar_t>();
+    run(grid, bins.tile_offsets.data_ptr<int32_t>(), bins.tile_ranks.data_ptr<int32_t>(), packed.data(),
+        packed_colors.data(), int(n_channels), image.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>(),
+        final_T.data_ptr<scalar_t>(), n_walked.data_ptr<int32_t>());
   });
   return {image, alpha, final_T, n_walked, bins.tile_offsets, bins.tile_ranks, bins.sorted_ids, bins.rects};
-}
-
-template <typename scalar_t>
-void backward_tiles(const TileGrid& grid, const Bins& bins, const std::vector<Packed<scalar_t>>& packed,
-                    const std::vector<scalar_t>& packed_colors, int64_t n_channels, const at::Tensor& final_T,
-                    const at::Tensor& n_walked, const at::Tensor& grad_image, const at::Tensor& grad_alpha,
-                    at::Tensor& pair_grads) {
-  const int32_t* offsets = bins.tile_offsets.data_ptr<int32_t>();
-  const int32_t* ranks = bins.tile_ranks.data_ptr<int32_t>();
-  const scalar_t* final_T_ptr = final_T.data_ptr<scalar_t>();
-  const int32_t* walked_ptr = n_walked.data_ptr<int32_t>();
-  const scalar_t* grad_image_ptr = grad_image.data_ptr<scalar_t>();
-  const scalar_t* grad_alpha_ptr = grad_alpha.data_ptr<scalar_t>();
-  scalar_t* pair_ptr = pair_grads.data_ptr<scalar_t>();
-  const int C = int(n_channels);
-  const int record = kGradHeader + C;
-
-#pragma omp parallel num_threads(std::max(1, at::get_num_threads()))
-  {
-    // T: transmittance in front of the Gaussian being processed (recovered back to front).
-    // behind: sum of alpha_j T_j colour_j over the already processed (farther) Gaussians.
-    std::vector<scalar_t> T(kTilePixels), behind(size_t(kTilePixels) * C), grad_pix(size_t(kTilePixels) * C);
-    std::vector<scalar_t> T_last(kTilePixels), grad_alpha_pix(kTilePixels);
-    std::vector<int32_t> walked(kTilePixels);
-    std::vector<scalar_t> grad_color(C);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t tile = 0; tile < grid.count(); ++tile) {
-      const TileBox box = tile_box(grid, tile);
-      const int32_t begin = offsets[tile];
-      int32_t max_walked = 0;
-      for (int row = box.y0; row <= box.y1; ++row) {
-        for (int col = box.x0; col <= box.x1; ++col) {
-          const int p = (row - box.y0) * kTileSize + (col - box.x0);
-          const int64_t pixel = int64_t(row) * grid.width + col;
-          T[p] = T_last[p] = final_T_ptr[pixel];
-          walked[p] = walked_ptr[pixel];
-          max_walked = std::max(max_walked, walked[p]);
-          grad_alpha_pix[p] = grad_alpha_ptr[pixel];
-          std::copy(grad_image_ptr + pixel * C, grad_image_ptr + (pixel + 1) * C, grad_pix.data() + size_t(p) * C);
-          std::fill(behind.data() + size_t(p) * C, behind.data() + size_t(p + 1) * C, scalar_t(0));
-        }
-      }
-      for (int32_t local = max_walked - 1; local >= 0; --local) {
-        const int32_t k = begin + local;
-        const Packed<scalar_t>& g = packed[ranks[k]];
-        const scalar_t* color = packed_colors.data() + int64_t(ranks[k]) * C;
-        const int row_lo = std::max(g.row_lo, box.y0), row_hi = std::min(g.row_hi, box.y1);
-        const int col_lo = std::max(g.col_lo, box.x0), col_hi = std::min(g.col_hi, box.x1);
-        scalar_t g_mx = 0, g_my = 0, g_a = 0, g_b = 0, g_c = 0, g_opacity = 0;
-        std::fill(grad_color.begin(), grad_color.end(), scalar_t(0));
-        bool touched = false;
-        for (int row = row_lo; row <= row_hi; ++row) {
-          const scalar_t dy = g.my - (scalar_t(row) + scalar_t(0.5));
-          int span_lo, span_hi;
-          if (!ellipse_row_span(g, double(dy), col_lo, col_hi, span_lo, span_hi)) continue;
-          const int row_base = (row - box.y0) * kTileSize - box.x0;
-          for (int col = span_lo; col <= span_hi; ++col) {
-            const int p = row_base + col;
-            if (local >= walked[p]) continue;
-            const scalar_t dx = g.mx - (scalar_t(col) + scalar_t(0.5));
-            scalar_t sigma, gauss, a;
-            if (!pixel_alpha(g, dx, dy, sigma, gauss, a)) continue;
-            touched = true;
-            const scalar_t inv_one_minus_alpha = scalar_t(1) / (scalar_t(1) - a);
-            const scalar_t T_front = T[p] * inv_one_minus_alpha;
-            const scalar_t weight = a * T_front;
-            const scalar_t* gi = grad_pix.data() + size_t(p) * C;
-            scalar_t* acc = behind.data() + size_t(p) * C;
-            // d image / d alpha = T_front colour - behind / (1 - alpha); d (1 - T_last) / d alpha = T_last / (1 - alpha).
-            scalar_t grad_a = grad_alpha_pix[p] * T_last[p] * inv_one_minus_alpha;
-            for (int ch = 0; ch < C; ++ch) {
-              grad_color[ch] += weight * gi[ch];
-              grad_a += gi[ch] * (color[ch] * T_front - acc[ch] * inv_one_minus_alpha);
-              acc[ch] += weight * color[ch];
-            }
-            T[p] = T_front;
-            // alpha = min(0.999, o G): no gradient through the clamp.
-            if (g.opacity * gauss <= Rule<scalar_t>::kMaxAlpha) {
-              g_opacity += gauss * grad_a;
-              const scalar_t grad_sigma = -g.opacity * gauss * grad_a;
-              g_a += scalar_t(0.5) * dx * dx * grad_sigma;
-              g_c += scalar_t(0.5) * dy * dy * grad_sigma;
-              g_b += dx * dy * grad_sigma;
-              g_mx += (g.a * dx + g.b * dy) * grad_sigma;
-              g_my += (g.b * dx + g.c * dy) * grad_sigma;
-            }
-          }
-        }
-        if (!touched) continue;  // pair_grads starts at zero
-        scalar_t* out = pair_ptr + int64_t(k) * record;
-        out[0] = g_mx, out[1] = g_my, out[2] = g_a, out[3] = g_b, out[4] = g_c, out[5] = g_opacity;
-        std::copy(grad_color.begin(), grad_color.end(), out + kGradHeader);
-      }
-    }
-  }
 }
 
 // Returns gradients (means2d (N,2), conics (N,3), colors (N,C), opacities (N,)).
@@ -513,11 +495,13 @@ std::vector<at::Tensor> rasterize_backward(const at::Tensor& means2d, const at::
   const int64_t height = final_T.size(0), width = final_T.size(1);
   const TileGrid grid = make_grid(width, height);
   TORCH_CHECK(grad_image.sizes() == at::IntArrayRef({height, width, n_channels}) && grad_image.is_contiguous() &&
-                  grad_image.scalar_type() == means2d.scalar_type(),
-              "rasterize_cpu: grad_image must be contiguous (H, W, C) of the input dtype, got ", grad_image.sizes());
+                  grad_image.scalar_type() == means2d.scalar_type() && grad_image.device().is_cpu(),
+              "rasterize_cpu: grad_image must be a contiguous CPU (H, W, C) tensor of the input dtype, got ",
+              grad_image.sizes());
   TORCH_CHECK(grad_alpha.sizes() == at::IntArrayRef({height, width, 1}) && grad_alpha.is_contiguous() &&
-                  grad_alpha.scalar_type() == means2d.scalar_type(),
-              "rasterize_cpu: grad_alpha must be contiguous (H, W, 1) of the input dtype, got ", grad_alpha.sizes());
+                  grad_alpha.scalar_type() == means2d.scalar_type() && grad_alpha.device().is_cpu(),
+              "rasterize_cpu: grad_alpha must be a contiguous CPU (H, W, 1) tensor of the input dtype, got ",
+              grad_alpha.sizes());
   TORCH_CHECK(tile_offsets.numel() == grid.count() + 1, "rasterize_cpu: saved tile offsets do not match the image");
 
   Bins bins{sorted_ids, rects, tile_offsets, tile_ranks};
@@ -532,24 +516,30 @@ std::vector<at::Tensor> rasterize_backward(const at::Tensor& means2d, const at::
     const auto packed_colors = pack_colors<scalar_t>(bins, colors);
     const int64_t record = kGradHeader + n_channels;
     at::Tensor pair_grads = at::zeros({n_pairs, record}, float_opts);
-    backward_tiles<scalar_t>(grid, bins, packed, packed_colors, n_channels, final_T, n_walked, grad_image, grad_alpha,
-                             pair_grads);
-    // Serial reduction in bin order: the sum order is fixed, so gradients are bitwise reproducible.
+    auto run = pick_backward<scalar_t>();
+    run(grid, tile_offsets.data_ptr<int32_t>(), tile_ranks.data_ptr<int32_t>(), packed.data(), packed_colors.data(),
+        int(n_channels), final_T.data_ptr<scalar_t>(), n_walked.data_ptr<int32_t>(), grad_image.data_ptr<scalar_t>(),
+        grad_alpha.data_ptr<scalar_t>(), pair_grads.data_ptr<scalar_t>());
+    // Sums over each Gaussian's tiles in bin order, one record field per task: the order of every
+    // sum is fixed, so gradients are bitwise reproducible whatever the thread count.
     const scalar_t* pair_ptr = pair_grads.data_ptr<scalar_t>();
     const int32_t* ranks = tile_ranks.data_ptr<int32_t>();
     const int32_t* ids = sorted_ids.data_ptr<int32_t>();
-    scalar_t* gm = grad_means.data_ptr<scalar_t>();
-    scalar_t* gq = grad_conics.data_ptr<scalar_t>();
-    scalar_t* gc = grad_colors.data_ptr<scalar_t>();
-    scalar_t* go = grad_opacities.data_ptr<scalar_t>();
-    for (int64_t k = 0; k < n_pairs; ++k) {
-      const scalar_t* src = pair_ptr + k * record;
-      const int64_t i = ids[ranks[k]];
-      gm[2 * i] += src[0], gm[2 * i + 1] += src[1];
-      gq[3 * i] += src[2], gq[3 * i + 1] += src[3], gq[3 * i + 2] += src[4];
-      go[i] += src[5];
-      for (int64_t ch = 0; ch < n_channels; ++ch) gc[i * n_channels + ch] += src[kGradHeader + ch];
-    }
+    struct Field {
+      scalar_t* base;
+      int64_t stride;
+    };
+    std::vector<Field> fields = {{grad_means.data_ptr<scalar_t>(), 2},     {grad_means.data_ptr<scalar_t>() + 1, 2},
+                                 {grad_conics.data_ptr<scalar_t>(), 3},    {grad_conics.data_ptr<scalar_t>() + 1, 3},
+                                 {grad_conics.data_ptr<scalar_t>() + 2, 3}, {grad_opacities.data_ptr<scalar_t>(), 1}};
+    for (int64_t ch = 0; ch < n_channels; ++ch) fields.push_back({grad_colors.data_ptr<scalar_t>() + ch, n_channels});
+    const int64_t grain = n_pairs * record < kSerialGrain ? record : 1;
+    at::parallel_for(0, record, grain, [&](int64_t field_begin, int64_t field_end) {
+      for (int64_t f = field_begin; f < field_end; ++f) {
+        const Field field = fields[f];
+        for (int64_t k = 0; k < n_pairs; ++k) field.base[ids[ranks[k]] * field.stride] += pair_ptr[k * record + f];
+      }
+    });
   });
   return {grad_means, grad_conics, grad_colors, grad_opacities};
 }
@@ -567,4 +557,5 @@ TORCH_LIBRARY(occfusion_cpu, m) {
       "Tensor n_walked, Tensor tile_offsets, Tensor tile_ranks, Tensor sorted_ids, Tensor rects, "
       "Tensor grad_image, Tensor grad_alpha) -> Tensor[]",
       &occfusion::rasterize_backward);
+  m.def("simd_level() -> str", &occfusion::simd_level);
 }
