@@ -27,5 +27,16 @@ def proxy_body(proxy_body_path):
     return load_body_model(proxy_body_path)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run a test on one torch thread: toy-sized tensor work only gets contention from more."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def snakemake_bin() -> str:
     return str(Path(sys.executable).with_name("snakemake"))

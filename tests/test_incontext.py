@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from occfusion_core.config import SyntheticConfig
 from occfusion_core.data.sequence import read_sequence
@@ -18,13 +17,10 @@ COLOUR_ERROR = 40
 """Stage-1 stand-in renders are the true person brightened by this much: right shading, wrong level."""
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def subject(tmp_path_factory, proxy_body):

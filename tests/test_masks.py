@@ -22,6 +22,9 @@ from occfusion_core.render.mesh import silhouette
 from occfusion_core.stages.masks import complete_masks
 
 
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 def _sam_hq_importable() -> tuple[bool, str]:
     try:
         import segment_anything_hq  # noqa: F401
@@ -33,12 +36,6 @@ def _sam_hq_importable() -> tuple[bool, str]:
 SAM_HQ_OK, SAM_HQ_REASON = _sam_hq_importable()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

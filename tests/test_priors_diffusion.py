@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
@@ -16,14 +15,10 @@ from occfusion_core.priors import diffusion, tiny  # noqa: E402
 from occfusion_core.priors.inpaint import padded_roi, poisson_fill, run_inpaint  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # toy models: intra-op threads only add contention on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def saved_models(tmp_path_factory):
