@@ -14,6 +14,11 @@ from typing import Iterator
 log = logging.getLogger("occfusion")
 
 
+def host_has_nvidia_gpu() -> bool:
+    """Whether this machine exposes an NVIDIA GPU (device nodes; cheap: no torch import)."""
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/dxg")
+
+
 @contextlib.contextmanager
 def run_logged(log_path: str | os.PathLike | None, threads: int | None = None) -> Iterator[logging.Logger]:
     """Send logging, stdout and stderr (progress bars included) to ``log_path``; set torch threads.

@@ -9,6 +9,7 @@ from snakemake.utils import validate
 validate(config, schema="../schemas/config.schema.yaml")
 
 from occfusion_core.config import merge  # noqa: E402  (after validation on purpose)
+from occfusion_core.runlog import host_has_nvidia_gpu  # noqa: E402
 
 SUBJECTS = config["subjects"]
 VARIANTS = config["variants"]
@@ -105,8 +106,7 @@ def all_targets():
     return targets
 
 
-# Whether this host has an NVIDIA GPU (cheap test: no torch import while building the DAG).
-HOST_HAS_GPU = os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/dxg")
+HOST_HAS_GPU = host_has_nvidia_gpu()
 
 
 def gpu_threads():
