@@ -91,6 +91,14 @@ def stage0_masks(wildcards):
     return []
 
 
+def stage_reports(wildcards):
+    """Reports of the variant's stages 0 and 2 (they name the method each stage ran)."""
+    base = f"results/{wildcards.subject}/{wildcards.variant}"
+    stages = variant_stages(wildcards.variant)
+    return [f"{base}/stage0/report.json"] * ("complete_masks" in stages) + \
+        [f"{base}/stage2/report.json"] * ("incontext_inpaint" in stages)
+
+
 def subject_variant_pairs():
     return [(s, v) for s in SUBJECTS for v in variants_of(s)]
 

@@ -6,6 +6,7 @@ rule metrics:
         data="results/{subject}/data",
         model=final_model,
         body=body_model_file(),
+        reports=stage_reports,
         code=core_code("stages/metrics", "gaussians", "render"),
     output:
         metrics="results/{subject}/{variant}/metrics.json",

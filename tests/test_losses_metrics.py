@@ -75,3 +75,15 @@ def test_body_box_mask_covers_projected_points_and_not_far_away():
     assert not box[2, 2] and not box[32, 2]
     x0, y0, x1, y1 = mask_box(box)
     assert 26 <= x0 and x1 <= 38 and 20 <= y0 and y1 <= 44
+
+
+def test_stage_methods_names_every_stage(tmp_path):
+    from occfusion_core.io import write_json
+    from occfusion_core.stages.metrics import stage_methods
+
+    write_json(tmp_path / "stage0" / "report.json", {"method": "silhouette", "description": "weight-free: body"})
+    write_json(tmp_path / "stage2" / "report.json", {"method": "render_fill", "description": "weight-free: render"})
+    methods = stage_methods({"methods": {"stage1": "gaussian optimisation, no SDS"}},
+                            [tmp_path / "stage0" / "report.json", tmp_path / "stage2" / "report.json"])
+    assert methods == {"stage1": "gaussian optimisation, no SDS", "stage0": "silhouette: weight-free: body",
+                       "stage2": "render_fill: weight-free: render"}

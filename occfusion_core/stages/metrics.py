@@ -77,9 +77,26 @@ class _Scores:
         return out
 
 
+def stage_methods(saved: dict, stage_reports=()) -> dict:
+    """Which method each stage ran: the model's own record plus stage 0 and 2 from their reports."""
+    from ..io import read_json
+
+    methods = dict(saved.get("methods", {}))
+    for path in stage_reports:
+        report = read_json(path)
+        stage = "stage0" if "stage0" in str(path) else "stage2"
+        methods[stage] = f"{report['method']}: {report.get('description', '')}".rstrip(": ")
+    return methods
+
+
 def compute_metrics(data_dir, model_path, body_model_path, cfg: MetricsConfig, out_path,
-                    subject: str = "", variant: str = "", variant_config: dict | None = None) -> dict:
-    """Score a trained model against its subject's frames (and ground truth where it exists)."""
+                    subject: str = "", variant: str = "", variant_config: dict | None = None,
+                    stage_reports=()) -> dict:
+    """Score a trained model against its subject's frames (and ground truth where it exists).
+
+    Args:
+        stage_reports: the variant's stage-0 / stage-2 ``report.json`` files (their methods are recorded).
+    """
     from ..body.model import load_body_model
     from ..data.sequence import read_sequence
     from ..render.backends import resolve_backend
@@ -167,7 +184,7 @@ def compute_metrics(data_dir, model_path, body_model_path, cfg: MetricsConfig, o
     result = {
         "subject": subject, "variant": variant,
         "variant_description": (variant_config or {}).get("description", ""),
-        "methods": saved.get("methods", {}),
+        "methods": stage_methods(saved, stage_reports),
         "heldout_full_body": heldout.result(lpips_reason) if seq.has_gt else None,
         "occluded_region": occluded.result(lpips_reason) if seq.has_gt else None,
         "visible_train": visible.result(lpips_reason),
