@@ -1,3 +1,6 @@
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,6 +39,37 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def make_model(proxy_body):
+    """make_model(**flags) -> a fresh HumanGaussians on the proxy body (built once, then copied)."""
+    import copy
+
+    from occfusion_core.gaussians.human import HumanGaussians
+
+    built = {}
+
+    def make(**flags):
+        key = tuple(sorted(flags.items()))
+        if key not in built:
+            built[key] = HumanGaussians(proxy_body, **flags)
+        return copy.deepcopy(built[key])
+
+    return make
+
+
+def run_killable(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a command in its own process group; on timeout the whole group is killed."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s: {' '.join(cmd)}\n{out[-5000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
 
 
 def snakemake_bin() -> str:

@@ -1,6 +1,5 @@
 """KL densification: statistics, KL, clone / split / merge / prune and the optimizer's state."""
 
-import copy
 import math
 
 import pytest
@@ -12,20 +11,6 @@ from occfusion_core.gaussians.densify import (DensifyState, _merge_pairs, densif
 from occfusion_core.gaussians.human import HumanGaussians, quaternion_to_matrix
 
 HIGH_GRAD = 1e-3  # above DensifyConfig.grad_threshold (2e-4)
-
-
-@pytest.fixture(scope="module")
-def make_model(proxy_body):
-    """make_model(**flags) -> a fresh HumanGaussians on the proxy body (built once, then copied)."""
-    built = {}
-
-    def make(**flags):
-        key = tuple(sorted(flags.items()))
-        if key not in built:
-            built[key] = HumanGaussians(proxy_body, **flags)
-        return copy.deepcopy(built[key])
-
-    return make
 
 
 def test_is_densify_step():

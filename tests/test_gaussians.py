@@ -1,7 +1,6 @@
 """Human Gaussians: KNN, networks, canonical init, LBS deformation, optimiser groups, checkpoints."""
 
 import io
-import copy
 import math
 from types import SimpleNamespace
 
@@ -78,20 +77,6 @@ class TinyBody(nn.Module):
 
 def random_pose(seed: int, scale: float = 0.4) -> torch.Tensor:
     return torch.randn(72, generator=torch.Generator().manual_seed(seed)) * scale
-
-
-@pytest.fixture(scope="module")
-def make_model(proxy_body):
-    """make_model(**flags) -> a fresh HumanGaussians on the proxy body (built once, then copied)."""
-    built = {}
-
-    def make(**flags):
-        key = tuple(sorted(flags.items()))
-        if key not in built:
-            built[key] = HumanGaussians(proxy_body, **flags)
-        return copy.deepcopy(built[key])
-
-    return make
 
 
 # ------------------------------------------------------------------ knn

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import run_killable
 import yaml
 
 pytestmark = pytest.mark.workflow
@@ -139,16 +140,7 @@ def snakemake_cmd(workflow: Path, workdir: Path, config: Path, *extra: str) -> l
 
 
 def run(cmd: list[str], timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
-    """Run a command in its own process group; on timeout the whole group is killed."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"timed out after {timeout} s: {' '.join(cmd)}\n{out[-5000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+    return run_killable(cmd, timeout)
 
 
 def planned_jobs(workflow: Path, workdir: Path, config: Path, *extra: str) -> list[tuple[str, dict]]:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_killable
 import yaml
 
 pytestmark = pytest.mark.workflow
@@ -43,16 +42,7 @@ GPU_RULES = {"complete_masks", "optimize", "incontext_inpaint", "refine", "rende
 
 
 def run(cmd: list[str], timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
-    """Run a command in its own process group; on timeout the whole group is killed."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"timed out after {timeout} s: {' '.join(cmd)}\n{out[-5000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+    return run_killable(cmd, timeout)
 
 
 def snakemake_cmd(workdir: Path, config: Path, *extra: str) -> list[str]:
