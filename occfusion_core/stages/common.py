@@ -107,12 +107,13 @@ def load_training_frames(seq, body, background, device, complete_masks_dir=None)
 
     bg = torch.as_tensor(background, dtype=torch.float32)
     params = seq.body_params()
+    body_device = body.v_template.device  # the body may already sit on the training device
     with torch.no_grad():
-        verts = body(params["poses"], params["betas"], params["trans"]).vertices
+        verts = body(*(params[k].to(body_device) for k in ("poses", "betas", "trans"))).vertices.cpu()
     frames = []
     for i, name in enumerate(seq.frames):
         cam = seq.camera(name)
-        image = torch.from_numpy(seq.image(name)).float() / 255.0
+        image = torch.tensor(seq.image(name), dtype=torch.float32) / 255.0
         visible = torch.from_numpy(seq.mask(name))[..., None]
         image = torch.where(visible, image, bg)
         if complete_masks_dir is not None:

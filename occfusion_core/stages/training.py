@@ -133,7 +133,7 @@ def train_gaussians(model, optimizer, frames: list, loss_fn: Callable, schedule:
             counts = densify_and_prune(model, optimizer, densify, dcfg)
             log.info("%s: iteration %d densify %s", label, it, counts)
         if it % schedule.log_every == 0 or it == schedule.last:
-            row = {"iteration": it, **{k: round(float(v), 6) for k, v in terms.items()},
+            row = {"iteration": it, **{k: round(float(v.detach()), 6) for k, v in terms.items()},
                    "gaussians": model.num_gaussians, "seconds": round(time.time() - t0, 2)}
             history.append(row)
             log.info("%s: %s", label, row)
