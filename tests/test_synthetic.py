@@ -20,7 +20,8 @@ from occfusion_core.io import read_image, read_json, read_mask
 from occfusion_core.render.camera import Camera, orbit_cameras, intrinsics_from_fov
 from occfusion_core.render.mesh import silhouette
 
-NOISE = {"pose_noise_deg": 2.0, "trans_noise_m": 0.02}
+NOISE = {"pose_noise_deg": 2.0, "trans_noise_m": 0.02, "noise_correlation_frames": 0.0}
+EXACT = {"pose_noise_deg": 0.0, "trans_noise_m": 0.0, "betas_noise": 0.0}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -79,7 +80,10 @@ def test_layout_and_metadata(default_run):
         assert len(entry["poses"]) == 72 and len(entry["betas"]) == 10 and len(entry["trans"]) == 3
         assert np.asarray(entry["cam_intrinsics"]).shape == (3, 3)
         assert np.asarray(entry["cam_extrinsics"]).shape == (4, 4)
-    assert read_json(out / "gt" / "clean_metadata.json") == meta  # no noise by default
+    clean = read_json(out / "gt" / "clean_metadata.json")  # the estimate errs by default, like a real one
+    assert list(clean) == names and all(clean[n]["poses"] != meta[n]["poses"] for n in names)
+    assert clean["00000"]["betas"] != meta["00000"]["betas"]  # the shape estimate differs too
+    assert all(meta[n]["betas"] == meta["00000"]["betas"] for n in names)  # one estimate per sequence
     info = read_json(out / "info.json")
     assert info["source"] == "synthetic" and info["fps"] == 15
     assert (info["width"], info["height"]) == (cfg.width, cfg.height)
@@ -128,22 +132,38 @@ def test_masks_images_and_zju_band_protocol(default_run):
     assert summary["occluded_frames"] == n_occ
 
 
-def test_metadata_reproduces_the_masks(default_run, proxy_body):
-    """The written body parameters and camera, rendered again, give the full masks."""
+def _silhouette_iou(meta: dict, name: str, cfg: SyntheticConfig, body, full: np.ndarray) -> tuple[float, float]:
+    """(IoU, share of the body silhouette inside ``full``) of the body posed by ``meta[name]``."""
+    m = meta[name]
+    camera = Camera(torch.tensor(m["cam_intrinsics"]), torch.tensor(m["cam_extrinsics"]), cfg.width, cfg.height)
+    verts = body.forward(torch.tensor([m["poses"]]), torch.tensor([m["betas"]]), torch.tensor([m["trans"]])).vertices[0]
+    sil = silhouette(verts, body.faces, camera).numpy()
+    return (sil & full).sum() / (sil | full).sum(), (sil & full).sum() / sil.sum()
+
+
+def test_metadata_reproduces_the_masks(default_run, proxy_body, tmp_path):
+    """The exact body parameters, rendered again, give the full masks of a bare (fitted) body; with
+    the default loose clothing the body lies inside the person, whose outline is wider; the
+    estimate in metadata.json lies visibly off it."""
     out, cfg, _, _ = default_run
-    meta = read_json(out / "gt" / "clean_metadata.json")
+    clean = read_json(out / "gt" / "clean_metadata.json")
+    estimate = read_json(out / "metadata.json")
     for name in ("00000", "00023", "00049"):
-        m = meta[name]
-        camera = Camera(torch.tensor(m["cam_intrinsics"]), torch.tensor(m["cam_extrinsics"]), cfg.width, cfg.height)
-        verts = proxy_body.forward(torch.tensor([m["poses"]]), torch.tensor([m["betas"]]),
-                                   torch.tensor([m["trans"]])).vertices[0]
-        sil = silhouette(verts, proxy_body.faces, camera).numpy()
         full = read_mask(out / "gt" / "full_masks" / f"{name}.png")
-        assert (sil & full).sum() / (sil | full).sum() > 0.99
+        iou, inside = _silhouette_iou(clean, name, cfg, proxy_body, full)
+        assert inside > 0.97 and 0.7 < iou < 0.95  # the clothes stand off the body
+        assert _silhouette_iou(estimate, name, cfg, proxy_body, full)[0] < iou - 0.1
+    bare_cfg = SyntheticConfig(frames=4, heldout_views=0, clothing="fitted", **EXACT)
+    generate_synthetic_subject(tmp_path / "bare", bare_cfg, proxy_body)
+    bare = read_json(tmp_path / "bare" / "metadata.json")
+    for name in bare:
+        full = read_mask(tmp_path / "bare" / "gt" / "full_masks" / f"{name}.png")
+        assert _silhouette_iou(bare, name, bare_cfg, proxy_body, full)[0] > 0.99
     # Feet on the floor: the lowest vertex of every frame sits at the same height.
-    poses = torch.tensor([meta[n]["poses"] for n in meta])
-    trans = torch.tensor([meta[n]["trans"] for n in meta])
-    lowest = proxy_body.forward(poses, torch.zeros(len(poses), 10), trans).vertices[..., 1].amin(dim=1)
+    poses = torch.tensor([clean[n]["poses"] for n in clean])
+    betas = torch.tensor([clean[n]["betas"] for n in clean])
+    trans = torch.tensor([clean[n]["trans"] for n in clean])
+    lowest = proxy_body.forward(poses, betas, trans).vertices[..., 1].amin(dim=1)
     assert float(lowest.max() - lowest.min()) < 1e-4
 
 
@@ -177,7 +197,7 @@ def test_deterministic_and_noise_changes_metadata_only(proxy_body, tmp_path):
     noisy = _files(tmp_path / "noisy")
     assert _files(tmp_path / "again") == noisy, "same seed, same bytes"
 
-    generate_synthetic_subject(tmp_path / "clean", SyntheticConfig(**small), proxy_body)
+    generate_synthetic_subject(tmp_path / "clean", SyntheticConfig(**small, **EXACT), proxy_body)
     reference = _files(tmp_path / "clean")
     assert set(reference) == set(noisy)
     for rel, data in reference.items():
@@ -186,6 +206,9 @@ def test_deterministic_and_noise_changes_metadata_only(proxy_body, tmp_path):
     meta = json.loads(noisy["metadata.json"])
     clean = json.loads(noisy["gt/clean_metadata.json"])
     assert json.loads(reference["metadata.json"]) == clean
+    # the shape estimate: one betas vector for the sequence, off the true shape by betas_noise per coefficient
+    dbetas = np.array(meta["00000"]["betas"]) - np.array(clean["00000"]["betas"])
+    assert 0.1 < dbetas.std() < 1.2
     noisy_poses = np.array([meta[n]["poses"] for n in meta]).reshape(-1, 3)
     clean_poses = np.array([clean[n]["poses"] for n in clean]).reshape(-1, 3)
     angle = (Rotation.from_rotvec(clean_poses).inv() * Rotation.from_rotvec(noisy_poses)).magnitude()
@@ -199,6 +222,41 @@ def test_deterministic_and_noise_changes_metadata_only(proxy_body, tmp_path):
     other = read_json(tmp_path / "seed6" / "metadata.json")
     assert all(other[n]["poses"] != meta[n]["poses"] for n in other)
     assert _files(tmp_path / "seed6")["images/00003.png"] != noisy["images/00003.png"]
+
+
+def test_estimate_errors_are_correlated_in_time(proxy_body, tmp_path):
+    """The default estimate errs like a tracker's: neighbouring frames err alike (AR(1), time constant
+    noise_correlation_frames), with the configured spread."""
+    cfg = SyntheticConfig(frames=40, width=48, height=48, heldout_views=0, occlusion="none", supersample=1,
+                          pose_noise_deg=6.0, noise_correlation_frames=3.0)
+    generate_synthetic_subject(tmp_path / "s", cfg, proxy_body)
+    meta, clean = read_json(tmp_path / "s" / "metadata.json"), read_json(tmp_path / "s" / "gt" / "clean_metadata.json")
+    names = sorted(meta)
+    err = (Rotation.from_rotvec(np.array([clean[n]["poses"] for n in names]).reshape(-1, 3)).inv()
+           * Rotation.from_rotvec(np.array([meta[n]["poses"] for n in names]).reshape(-1, 3))).as_rotvec()
+    err = np.degrees(err.reshape(len(names), -1))  # (T, 72) error rotation vectors
+    assert abs(err.std() / 6.0 - 1.0) < 0.25
+    lag1 = np.mean([np.corrcoef(err[:-1, k], err[1:, k])[0, 1] for k in range(72)])
+    assert abs(lag1 - math.exp(-1.0 / 3.0)) < 0.15  # 0.72
+
+
+def test_clothing_stands_off_the_body(proxy_body):
+    """Loose clothing moves only clothed vertices, outwards, by the garment thicknesses."""
+    from occfusion_core.data.clothing import clothing_offsets, outward_normals
+
+    texture = BodyTexture.from_body_model(proxy_body)
+    offsets = clothing_offsets(texture, proxy_body.faces, texture.rest_joints, "loose")
+    thickness = offsets.norm(dim=-1)
+    normals = outward_normals(texture.v_template, proxy_body.faces)
+    moved = thickness > 0
+    assert ((offsets[moved] * normals[moved]).sum(-1) > 0.99 * thickness[moved]).all()  # along the outward normal
+    garment = JOINT_GARMENT[texture.dominant_joint]
+    skin = garment == GARMENT_NAMES.index("skin")
+    assert (thickness[garment == GARMENT_NAMES.index("shoes")] == 0).all()
+    assert (thickness[garment == GARMENT_NAMES.index("shirt")] >= 0.012 - 1e-6).all()
+    assert 0.04 < float(thickness.max()) <= 0.046  # the shirt's hem
+    assert 0 < int(moved[skin].sum()) < int(skin.sum())  # the hair, not the face or hands
+    assert not clothing_offsets(texture, proxy_body.faces, texture.rest_joints, "fitted").any()
 
 
 def test_object_occluder_subject(proxy_body, tmp_path):

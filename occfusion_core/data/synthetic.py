@@ -23,6 +23,7 @@ from scipy.spatial.transform import Rotation
 
 from occfusion_core import io
 from occfusion_core.config import SyntheticConfig, to_dict
+from occfusion_core.data.clothing import clothing_description, clothing_offsets, dress
 from occfusion_core.data.motion import ground_trans, walk_turn
 from occfusion_core.data.occlusion import apply_occlusion, moving_box_occluder, zju_band_masks
 from occfusion_core.data.texture import BodyTexture
@@ -111,13 +112,33 @@ def background_image(kind: str, camera: Camera, floor_y: float, center_xz, radiu
     return np.full((camera.height, camera.width, 3), value, dtype=np.float32)
 
 
+def correlated_noise(rng: np.random.Generator, shape: tuple[int, ...], std: float,
+                     correlation_frames: float) -> np.ndarray:
+    """Stationary AR(1) noise along axis 0 (time) with per-element std ``std``.
+
+    e[0] ~ N(0, std^2), e[t] = rho e[t-1] + sqrt(1 - rho^2) N(0, std^2), rho = exp(-1 / correlation_frames)
+    (0 frames: independent samples).
+    """
+    white = rng.normal(size=shape) * std
+    if correlation_frames <= 0 or shape[0] < 2:
+        return white
+    rho = math.exp(-1.0 / correlation_frames)
+    out = np.empty_like(white)
+    out[0] = white[0]
+    scale = math.sqrt(1.0 - rho * rho)
+    for t in range(1, shape[0]):
+        out[t] = rho * out[t - 1] + scale * white[t]
+    return out
+
+
 def add_pose_noise(poses: np.ndarray, trans: np.ndarray, pose_noise_deg: float, trans_noise_m: float,
-                   seed: int) -> tuple[np.ndarray, np.ndarray]:
+                   seed: int, correlation_frames: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Perturb body parameters as a pose estimator would.
 
-    Every joint rotation (global orientation included) is composed with a random rotation whose
-    rotation-vector components have std ``pose_noise_deg``; translations get Gaussian noise of std
-    ``trans_noise_m`` per axis. Zero std returns exact copies.
+    Every joint rotation (global orientation included) is composed with an error rotation whose
+    rotation-vector components have std ``pose_noise_deg``; translations get errors of std
+    ``trans_noise_m`` per axis. Both follow :func:`correlated_noise` in time. Zero std returns exact
+    copies.
 
     Args:
         poses: (T, 72) axis-angle; trans: (T, 3).
@@ -125,8 +146,8 @@ def add_pose_noise(poses: np.ndarray, trans: np.ndarray, pose_noise_deg: float, 
         (noisy poses (T, 72), noisy trans (T, 3)), float64.
     """
     rng = np.random.default_rng([seed, 0x5EED])  # a stream separate from the motion's
-    pose_eps = rng.normal(size=poses.shape) * math.radians(pose_noise_deg)
-    trans_eps = rng.normal(size=trans.shape) * trans_noise_m
+    pose_eps = correlated_noise(rng, poses.shape, math.radians(pose_noise_deg), correlation_frames)
+    trans_eps = correlated_noise(rng, trans.shape, trans_noise_m, correlation_frames)
     noisy_poses = np.array(poses, dtype=np.float64, copy=True)
     if pose_noise_deg > 0:
         clean = Rotation.from_rotvec(noisy_poses.reshape(-1, 3))
@@ -135,6 +156,17 @@ def add_pose_noise(poses: np.ndarray, trans: np.ndarray, pose_noise_deg: float, 
     if trans_noise_m > 0:
         noisy_trans += trans_eps
     return noisy_poses, noisy_trans
+
+
+def person_shape(betas_std: float, betas_noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The person's true shape and the estimate of it written to metadata.
+
+    Returns:
+        (true betas (10,), estimated betas (10,)), float64; zero stds give zeros / the true shape.
+    """
+    rng = np.random.default_rng([seed, 0xB37A])
+    true = rng.normal(size=10) * betas_std
+    return true, true + rng.normal(size=10) * betas_noise
 
 
 def _frame_metadata(poses, betas, trans, camera: Camera) -> dict:
@@ -241,11 +273,17 @@ def _generate(out: Path, cfg: SyntheticConfig, body_model) -> dict:
     faces = torch.as_tensor(body_model.faces, dtype=torch.long)
     floor_y = float(v_template[:, 1].min())
     poses, trans = walk_turn(T, cfg.turns, cfg.seed)
-    betas = np.zeros((T, 10))
+    true_betas, estimated_betas = person_shape(cfg.betas_std, cfg.betas_noise, cfg.seed)
+    betas = np.tile(true_betas, (T, 1))
     trans = ground_trans(body_model, poses, trans, floor_y, betas)
+    texture = BodyTexture.from_body_model(body_model)
     with torch.no_grad():
-        vertices = body_model.forward(torch.as_tensor(poses, dtype=torch.float32), torch.zeros(T, 10),
-                                      torch.as_tensor(trans, dtype=torch.float32)).vertices  # (T, V, 3)
+        posed = body_model.forward(torch.as_tensor(poses, dtype=torch.float32),
+                                   torch.as_tensor(betas, dtype=torch.float32),
+                                   torch.as_tensor(trans, dtype=torch.float32))
+        offsets = clothing_offsets(texture, faces, texture.rest_joints, cfg.clothing)
+        # the person: the body with its clothing and hair (shoes and skin stay on the body)
+        vertices = dress(posed.vertices, posed.transforms, body_model.lbs_weights, offsets)  # (T, V, 3)
     lo, hi = vertices.amin(dim=(0, 1)), vertices.amax(dim=(0, 1))
     target = (0.5 * (lo + hi)).double().numpy()  # centre of the body's box over the whole motion
 
@@ -262,8 +300,6 @@ def _generate(out: Path, cfg: SyntheticConfig, body_model) -> dict:
     S = cfg.supersample
     if S < 1:
         raise ValueError("synthetic: supersample must be >= 1")
-
-    texture = BodyTexture.from_body_model(body_model)
 
     # Training view: unoccluded frames, full masks, person depth.
     train_bg_fine = background(train_cam.scaled(S)) if S > 1 else background(train_cam)
@@ -310,9 +346,10 @@ def _generate(out: Path, cfg: SyntheticConfig, body_model) -> dict:
         heldout[view] = (cam, view_images, view_masks)
 
     # Body parameters: clean ones for the ground truth, noisy ones for the input metadata.
-    noisy_poses, noisy_trans = add_pose_noise(poses, trans, cfg.pose_noise_deg, cfg.trans_noise_m, cfg.seed)
+    noisy_poses, noisy_trans = add_pose_noise(poses, trans, cfg.pose_noise_deg, cfg.trans_noise_m, cfg.seed,
+                                              cfg.noise_correlation_frames)
     clean_meta = {n: _frame_metadata(poses[t], betas[t], trans[t], train_cam) for t, n in enumerate(names)}
-    noisy_meta = {n: _frame_metadata(noisy_poses[t], betas[t], noisy_trans[t], train_cam)
+    noisy_meta = {n: _frame_metadata(noisy_poses[t], estimated_betas, noisy_trans[t], train_cam)
                   for t, n in enumerate(names)}
 
     for t, n in enumerate(names):
@@ -350,9 +387,12 @@ def _generate(out: Path, cfg: SyntheticConfig, body_model) -> dict:
             f"{S}x{S} samples per pixel averaged (box filter; masks = coverage >= 50%), from the clean body "
             "parameters; procedural clothing (striped shirt with a "
             "chest logo in front and a red yoke on the back, checked trousers, skin, hair, shoes) with "
-            f"Lambertian shading {SHADING}; motion: walking in place while turning {cfg.turns} time(s); "
-            f"background: {cfg.background}; metadata.json body parameters carry noise "
-            f"(pose {cfg.pose_noise_deg} deg, trans {cfg.trans_noise_m} m), gt/clean_metadata.json does not; "
+            f"Lambertian shading {SHADING}; clothing {clothing_description(cfg.clothing)}; motion: walking in "
+            f"place while turning {cfg.turns} time(s); background: {cfg.background}; metadata.json holds an "
+            f"estimate of the body like a monocular estimator's (pose error {cfg.pose_noise_deg} deg and "
+            f"translation error {cfg.trans_noise_m} m std, correlated over {cfg.noise_correlation_frames} "
+            f"frames; shape error {cfg.betas_noise} std per coefficient), gt/clean_metadata.json the exact "
+            "parameters (true shape included); "
             f"held-out views at azimuths {[round(a, 2) for a in azimuths]} deg on every "
             f"{cfg.heldout_every}-th frame."
         ),

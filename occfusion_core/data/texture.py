@@ -57,6 +57,10 @@ _COLOURS = {
     "hair": (0.22, 0.13, 0.07), "shoe": (0.55, 0.08, 0.10), "sole": (0.95, 0.95, 0.93),
 }
 
+HAIR_BOUNDS = (0.62, 0.55, 0.15)
+"""Hair on the head: relative height above (crown), or relative depth below (back) at a relative
+height above (nape); relative to the head's box on the template."""
+
 DEFAULT_LIGHT = (0.3, 0.6, 0.75)
 """World direction towards the light (SMPL world: y up, the body faces +z at rest)."""
 
@@ -158,7 +162,8 @@ class BodyTexture:
         rel_y = (y - lo[1]) / (hi[1] - lo[1])
         rel_z = (z - lo[2]) / (hi[2] - lo[2])
         centre_x = 0.5 * (lo[0] + hi[0])
-        hair = on_head & ((rel_y > 0.62) | ((rel_z < 0.55) & (rel_y > 0.15)))
+        top, back_z, back_y = HAIR_BOUNDS
+        hair = on_head & ((rel_y > top) | ((rel_z < back_z) & (rel_y > back_y)))
         paint(hair, c["hair"])
         face = on_head & ~hair & (rel_z > 0.6)
         head_h = hi[1] - lo[1]
