@@ -10,4 +10,5 @@ from occfusion_core.stages.incontext import incontext_inpaint  # noqa: E402
 sm = snakemake  # noqa: F821
 with run_logged(sm.log[0], threads=sm.threads):
     cfg = from_dict(InpaintConfig, sm.params.cfg, f"variants.{sm.wildcards.variant}.incontext_inpaint")
-    incontext_inpaint(sm.input.data, sm.input.renders, sm.input.body, cfg, sm.output.frames, sm.output.report)
+    incontext_inpaint(sm.input.data, sm.input.renders, sm.input.body, cfg, sm.output.frames, sm.output.report,
+                      stage1_model=sm.input.stage1)

@@ -79,7 +79,8 @@ class TrainingFrame:
         box: (H, W, 1) bool, the projected body box (mask-loss region).
         box_xyxy: the box's bounding rectangle, end-exclusive.
         camera: the frame's camera.
-        poses (72,), betas (10,), trans (3,): body parameters.
+        poses (72,), betas (10,), trans (3,): body parameters (the input estimate).
+        index: position of the frame in the sequence (row of the per-frame body corrections).
     """
 
     name: str
@@ -92,6 +93,12 @@ class TrainingFrame:
     poses: torch.Tensor
     betas: torch.Tensor
     trans: torch.Tensor
+    index: int = 0
+
+
+TRAINING_BOX_PAD = 0.1
+"""Metres by which a training frame's projected body box is grown: GauHuman's 0.05 plus room for
+the error of a body estimate (a few degrees per joint moves a hand by centimetres)."""
 
 
 def load_training_frames(seq, body, background, device, complete_masks_dir=None) -> list[TrainingFrame]:
@@ -120,15 +127,44 @@ def load_training_frames(seq, body, background, device, complete_masks_dir=None)
             target = torch.from_numpy(read_mask(Path(complete_masks_dir) / f"{name}.png"))[..., None]
         else:
             target = visible
-        box = body_box_mask(verts[i], cam)
+        box = body_box_mask(verts[i], cam, pad=TRAINING_BOX_PAD)
         frames.append(TrainingFrame(
             name=name, image=image.to(device), visible=visible.to(device),
             target_mask=target.float().to(device), box=box[..., None].to(device),
             box_xyxy=mask_box(box), camera=cam.to(device),
             poses=params["poses"][i].to(device), betas=params["betas"][i].to(device),
-            trans=params["trans"][i].to(device),
+            trans=params["trans"][i].to(device), index=i,
         ))
     return frames
+
+
+def training_body_params(seq, saved: dict) -> tuple[dict, str]:
+    """Body parameters of the sequence's frames for rendering a trained model: the per-frame
+    refined ones the model was trained with where it has them, else the input estimates.
+
+    Args:
+        seq: the sequence.
+        saved: the stage's ``model.pt`` dict (``body_refinement`` holds the refined parameters).
+
+    Returns:
+        ({"poses": (T, 72), "betas": (T, 10), "trans": (T, 3)} float32, a description of which).
+    """
+    params = seq.body_params()
+    refined = saved.get("body_refinement")
+    if not refined:
+        return params, "input estimates (metadata.json)"
+    index = {n: i for i, n in enumerate(refined["names"])}
+    missing = [n for n in seq.frames if n not in index]
+    if missing:
+        raise ValueError(f"the model's refined body parameters lack frames {missing[:5]} of the sequence")
+    rows = [index[n] for n in seq.frames]
+    poses = torch.as_tensor(refined["estimate_poses"])[rows] + torch.as_tensor(refined["delta_pose"])[rows]
+    trans = torch.as_tensor(refined["estimate_trans"])[rows] + torch.as_tensor(refined["delta_trans"])[rows]
+    betas = torch.as_tensor(refined["estimate_betas"])[rows] + torch.as_tensor(refined["delta_betas"])
+    params["poses"], params["betas"], params["trans"] = poses.float(), betas.float(), trans.float()
+    return params, (f"refined per frame with the avatar ({refined.get('stages', 'stage 1')}); "
+                    f"mean correction {refined.get('mean_correction_deg', float('nan')):.2f} deg per joint, "
+                    f"{refined.get('mean_correction_cm', float('nan')):.2f} cm translation")
 
 
 def load_trained_model(model_path, body, device):

@@ -51,7 +51,9 @@ class Stage1Guidance:
                 else "tiny random models (smoke test only: not a prior)")
         return f"{what}, cfg {self.cfg.guidance_scale}, weights {self.cfg.pose_weight}/{self.cfg.canonical_weight}"
 
-    def add_terms(self, terms: dict, render, frame, iteration: int, total_iterations: int, backend: str) -> dict:
+    def terms(self, render, frame, iteration: int, total_iterations: int, backend: str) -> dict:
+        """This iteration's weighted SDS term: {'sds_pose' or 'sds_canonical': raw loss, 'total':
+        weight x loss}; the trainer adds 'total' to the (scaled) pixel loss."""
         from ..priors.sds import POSE, canonical_weight_mask, choose_branch, posed_sds_input
         from .common import render_gaussians
 
@@ -59,17 +61,13 @@ class Stage1Guidance:
         if branch == POSE:
             p = posed_sds_input(render.alpha, frame.visible, self.canvases[frame.name], frame.box_xyxy)
             loss = self.sds.step(p.alpha, p.control, p.weight_mask, iteration, total_iterations)
-            terms["sds_pose"] = loss
-            terms["total"] = terms["total"] + self.cfg.pose_weight * loss
-        else:
-            _, camera, control = self.canonical.sample(self.rng)
-            cam = camera.scaled(self.canonical_scale).to(render.alpha.device)
-            c = self.model.canonical(center=True)
-            out = render_gaussians(c, cam, torch.zeros(3, device=render.alpha.device), backend, "world")
-            loss = self.sds.step(out.alpha, control, canonical_weight_mask(out.alpha), iteration, total_iterations)
-            terms["sds_canonical"] = loss
-            terms["total"] = terms["total"] + self.cfg.canonical_weight * loss
-        return terms
+            return {"sds_pose": loss, "total": self.cfg.pose_weight * loss}
+        _, camera, control = self.canonical.sample(self.rng)
+        cam = camera.scaled(self.canonical_scale).to(render.alpha.device)
+        c = self.model.canonical(center=True)
+        out = render_gaussians(c, cam, torch.zeros(3, device=render.alpha.device), backend, "world")
+        loss = self.sds.step(out.alpha, control, canonical_weight_mask(out.alpha), iteration, total_iterations)
+        return {"sds_canonical": loss, "total": self.cfg.canonical_weight * loss}
 
 
 def build_stage1_guidance(cfg: GuidanceConfig, model, body, frames, device) -> Stage1Guidance:

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from ..config import to_dict
-from ..io import InputError, atomic_dir, read_image, write_image, write_json
+from ..io import InputError, atomic_dir, load_torch, read_image, write_image, write_json
 from ..priors.configs import InpaintConfig
-from .common import pick_device
+from .common import pick_device, training_body_params
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _diffusion_panel(pipe, render: np.ndarray, observed: np.ndarray, hidden: np.
 
 
 def incontext_inpaint(data_dir, stage1_renders_dir, body_model_path, cfg: InpaintConfig, out_dir,
-                      report_path) -> dict:
+                      report_path, stage1_model=None) -> dict:
     """Run stage 2 on a sequence.
 
     Args:
@@ -99,6 +99,8 @@ def incontext_inpaint(data_dir, stage1_renders_dir, body_model_path, cfg: Inpain
         cfg: stage-2 config.
         out_dir: folder for ``<name>.png`` (replaced as a whole when done).
         report_path: the report JSON.
+        stage1_model: stage 1's ``model.pt``; its per-frame refined body parameters (when it has
+            them) place the OpenPose canvases. None: the input estimates.
 
     Returns:
         the report dict.
@@ -124,6 +126,8 @@ def incontext_inpaint(data_dir, stage1_renders_dir, body_model_path, cfg: Inpain
         pipe, model_source = inpaint_pipeline_from_config(cfg, device, WEIGHT_FREE)
         body = load_body_model(body_model_path)
         params = seq.body_params()
+        if stage1_model is not None:
+            params, _ = training_body_params(seq, load_torch(stage1_model))
         with torch.no_grad():
             joints18 = openpose18(body(params["poses"], params["betas"], params["trans"]).joints45)
     load_seconds = time.perf_counter() - started

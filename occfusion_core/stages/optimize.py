@@ -4,8 +4,10 @@ Losses (occfusion-reference.md §3.3): L1 on the colour, a squared alpha-vs-mask
 projected body box, 1 - SSIM, and LPIPS where it can really be computed. ``loss_region`` says which
 pixels the photometric losses see: ``visible`` (OccGauHuman: only the person pixels the input
 shows) or ``full`` (GauHuman: the whole frame, hidden person pixels included as background).
-The released code multiplies the stage-1 loss by 10000; with Adam (eps 1e-15) that only rescales
-the moments, so it is left out here.
+The released code multiplies the stage-1 loss by 10000 and weighs the SDS terms by 20; the same
+balance is kept here (``pixel_loss_scale``): without SDS Adam makes the factor irrelevant, with SDS it
+decides how much the prior counts. The per-frame body corrections
+(:mod:`occfusion_core.body.refine`) learn with the Gaussians, their regularisers inside the scaled sum.
 
 The job is resumable (see :mod:`occfusion_core.stages.training`): a changed config or input starts
 afresh rather than resuming a different run.
@@ -18,13 +20,14 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..config import OptimizeConfig, to_dict
 from ..io import atomic_dir, save_torch, write_image
 from ..losses import LPIPSLoss, box_crop, masked_mean, ssim_map
 from .common import TrainingFrame, config_digest, file_digest, load_training_frames, pick_device
-from .training import TrainSchedule, train_gaussians
+from .training import TrainSchedule, build_optimizer, frame_body, train_gaussians
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +69,40 @@ def input_signature(cfg_dict: dict, data_dir, body_model_path, *extra_dirs) -> s
     return config_digest(parts)
 
 
+def body_refinement_record(body, stages: str) -> dict:
+    """What ``model.pt`` stores of the per-frame body refinement: the plain-tensor capture plus the
+    mean size of the corrections."""
+    from ..body.refine import rotation_error_deg
+
+    record = body.capture()
+    refined_poses, refined_betas, refined_trans = body.refined_numpy()
+    estimate = record["estimate_poses"].double().numpy()
+    record.update(
+        stages=stages,
+        mean_correction_deg=float(rotation_error_deg(estimate, refined_poses).mean()),
+        mean_correction_cm=float(100.0 * np.linalg.norm(refined_trans - record["estimate_trans"].double().numpy(),
+                                                        axis=-1).mean()),
+        shape_correction=[round(float(b), 4) for b in record["delta_betas"]])
+    return record
+
+
+def make_body_refinement(frames, cfg: OptimizeConfig, device):
+    """A :class:`BodyRefinement` of the training frames' estimates, or None when it is off."""
+    from ..body.refine import BodyRefinement
+
+    if not cfg.body_refine.enabled:
+        return None
+    return BodyRefinement(torch.stack([f.poses for f in frames]), torch.stack([f.trans for f in frames]),
+                          [f.name for f in frames], torch.stack([f.betas for f in frames])).to(device)
+
+
 def optimize(data_dir, body_model_path, cfg: OptimizeConfig, out_model, out_renders, checkpoint_dir,
              complete_masks_dir=None, progress: bool = True) -> dict:
     """Run stage 1 and write ``out_model`` (model.pt) and ``out_renders`` (training-frame renders).
 
     Args:
-        complete_masks_dir: stage-0 masks; required when ``cfg.mask_source == 'complete'``.
+        complete_masks_dir: the mask-loss targets when ``cfg.mask_source`` is 'complete' (stage-0
+            masks) or 'ground_truth' (the sequence's ``gt/full_masks``, a control that needs ground truth).
     Returns:
         a summary dict (iterations, resumed-from, seconds, final losses).
     """
@@ -80,20 +111,19 @@ def optimize(data_dir, body_model_path, cfg: OptimizeConfig, out_model, out_rend
     from ..gaussians.human import HumanGaussians
     from ..render.backends import resolve_backend
 
-    if cfg.mask_source == "complete" and complete_masks_dir is None:
-        raise ValueError("optimize: mask_source 'complete' needs the stage-0 masks (complete_masks)")
-    masks_dir = complete_masks_dir if cfg.mask_source == "complete" else None
+    seq = read_sequence(data_dir)
+    masks_dir = mask_targets(cfg, seq, complete_masks_dir)
     device = pick_device(cfg.device)
     backend = resolve_backend(cfg.backend)
     torch.manual_seed(cfg.seed)
     log.info("stage 1 on %s with the '%s' rasterizer, %d iterations", device, backend, cfg.iterations)
 
-    seq = read_sequence(data_dir)
-    body = load_body_model(body_model_path).to(device)
-    frames = load_training_frames(seq, body, cfg.background, device, masks_dir)
-    model = HumanGaussians(body, sh_degree=cfg.sh_degree, init_opacity=cfg.init_opacity,
+    body_model = load_body_model(body_model_path).to(device)
+    frames = load_training_frames(seq, body_model, cfg.background, device, masks_dir)
+    model = HumanGaussians(body_model, sh_degree=cfg.sh_degree, init_opacity=cfg.init_opacity,
                            pose_refiner=cfg.pose_refiner, lbs_offsets=cfg.lbs_offsets).to(device)
-    optimizer = model.make_optimizer(cfg)
+    body = make_body_refinement(frames, cfg, device)
+    optimizer = build_optimizer(model, cfg, body)
     lpips = LPIPSLoss(device) if cfg.lambda_lpips > 0 else None
     if lpips is not None and not lpips.available:
         log.warning("LPIPS term skipped: %s", lpips.reason)
@@ -102,49 +132,83 @@ def optimize(data_dir, body_model_path, cfg: OptimizeConfig, out_model, out_rend
     if cfg.sds.enabled:
         from .guidance import build_stage1_guidance
 
-        guidance = build_stage1_guidance(cfg.sds, model, body, frames, device)
+        guidance = build_stage1_guidance(cfg.sds, model, body_model, frames, device)
 
     def loss_fn(render, frame, iteration):
-        terms = stage1_losses(render, frame, cfg, lpips)
-        if guidance is not None:
-            terms = guidance.add_terms(terms, render, frame, iteration, cfg.iterations, backend)
-        return terms
+        return stage1_losses(render, frame, cfg, lpips)
+
+    def guidance_fn(render, frame, iteration):
+        return guidance.terms(render, frame, iteration, cfg.iterations, backend)
 
     schedule = TrainSchedule(first=1, last=cfg.iterations, lr=cfg, densify=cfg.densify,
                              sh_increase_every=cfg.sh_increase_every,
-                             checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every)
+                             checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+                             loss_scale=cfg.pixel_loss_scale, body_start=cfg.body_refine.start_iter)
     signature = input_signature(to_dict(cfg), data_dir, body_model_path, masks_dir)
     model, optimizer, history, seconds, resumed = train_gaussians(
         model, optimizer, frames, loss_fn, schedule, background, backend, checkpoint_dir,
-        signature, cfg.seed, label="stage 1", progress=progress)
+        signature, cfg.seed, label="stage 1", progress=progress, body=body,
+        guidance=guidance_fn if guidance is not None else None)
 
     methods = {"stage1": "gaussian optimisation, " + (f"SDS ({guidance.describe()})" if guidance else "no SDS"),
-               "stage1_masks": "stage-0 complete masks" if masks_dir else "visible input masks"}
+               "stage1_masks": MASK_TARGETS[cfg.mask_source]}
+    record = body_refinement_record(body, "stage 1") if body is not None else None
+    methods["body"] = ("per-frame refinement of the body estimate" if body is not None
+                       else "input body estimates, not refined")
     save_torch(out_model, {
         "model": model.capture(), "optimizer": optimizer.state_dict(), "iteration": cfg.iterations,
         "config": to_dict(cfg), "history": history, "backend": backend, "device": str(device),
         "stage": "optimize", "seconds": seconds, "resumed_from": resumed, "methods": methods,
-        "lpips_in_loss": bool(lpips is not None and lpips.available),
+        "lpips_in_loss": bool(lpips is not None and lpips.available), "body_refinement": record,
     })
-    render_training_frames(model, frames, background, backend, out_renders, cfg.sh_view_frame)
+    render_training_frames(model, frames, background, backend, out_renders, cfg.sh_view_frame, body)
     if Path(checkpoint_dir).exists():
         shutil.rmtree(checkpoint_dir)  # model.pt supersedes it (it holds the optimiser state too)
     summary = {"iterations": cfg.iterations, "resumed_from": resumed, "seconds": round(seconds, 1),
                "its_per_second": round((cfg.iterations - resumed) / max(seconds, 1e-9), 2),
                "final": history[-1] if history else None}
+    if record is not None:
+        summary["body_correction"] = {"mean_deg": round(record["mean_correction_deg"], 3),
+                                      "mean_cm": round(record["mean_correction_cm"], 3)}
     log.info("stage 1 done: %s", summary)
     return summary
 
 
+MASK_TARGETS = {"visible": "visible input masks", "complete": "stage-0 complete masks",
+                "ground_truth": "true full masks (gt/full_masks): a control, not a method"}
+"""What the mask loss is fitted to, per ``OptimizeConfig.mask_source``."""
+
+
+def mask_targets(cfg: OptimizeConfig, seq, complete_masks_dir) -> Path | None:
+    """Folder of the mask-loss targets for ``cfg.mask_source``; None for the visible masks.
+
+    Raises:
+        ValueError: an unknown source, 'complete' without stage-0 masks, or 'ground_truth' without it.
+    """
+    if cfg.mask_source not in MASK_TARGETS:
+        raise ValueError(f"optimize.mask_source {cfg.mask_source!r} is not one of {', '.join(MASK_TARGETS)}")
+    if cfg.mask_source == "complete":
+        if complete_masks_dir is None:
+            raise ValueError("optimize: mask_source 'complete' needs the stage-0 masks (complete_masks)")
+        return Path(complete_masks_dir)
+    if cfg.mask_source == "ground_truth":
+        if not seq.has_gt:
+            raise ValueError(f"optimize: mask_source 'ground_truth' needs ground-truth full masks, and {seq.root} has no gt/")
+        return seq.gt_root / "full_masks"
+    return None
+
+
 @torch.no_grad()
 def render_training_frames(model, frames: list[TrainingFrame], background, backend, out_dir,
-                           view_frame: str = "canonical") -> None:
-    """Write ``<name>.png`` (RGB over the background) and ``<name>_alpha.png`` for every frame."""
+                           view_frame: str = "canonical", body=None) -> None:
+    """Write ``<name>.png`` (RGB over the background) and ``<name>_alpha.png`` for every frame, with
+    the refined body parameters when ``body`` is given."""
     from .common import render_gaussians
 
     with atomic_dir(out_dir) as tmp:
         for frame in frames:
-            d = model.deform(frame.poses, frame.betas, frame.trans)
+            poses, betas, trans = frame_body(frame, body)
+            d = model.deform(poses, betas, trans)
             out = render_gaussians(d, frame.camera, background, backend, view_frame)
             write_image(tmp / f"{frame.name}.png", out.rgb.clamp(0, 1).cpu().numpy())
             write_image(tmp / f"{frame.name}_alpha.png", out.alpha[..., 0].clamp(0, 1).cpu().numpy())

@@ -7,7 +7,8 @@ mask, B the projected body box and the hidden region H = G·(1 − V):
 - L1 (``lambda_gen_l1``) and LPIPS (``lambda_gen_lpips``, where computable) against the stage-2
   frame composited on the background outside G, in the body box.
 KL densification every 200 iterations between 200 and 1000 (``RefineConfig.densify``). The
-optimiser state and the learning-rate schedule continue from stage 1 (its model.pt holds both).
+optimiser state, the learning-rate schedule and the per-frame body corrections continue from stage 1
+(its model.pt holds them).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from ..config import OptimizeConfig, RefineConfig, from_dict, to_dict
 from ..io import load_torch, read_image, save_torch
 from ..losses import LPIPSLoss, box_crop, masked_mean
 from .common import file_digest, load_training_frames, pick_device
-from .optimize import input_signature, render_training_frames
-from .training import TrainSchedule, train_gaussians
+from .optimize import body_refinement_record, input_signature, render_training_frames
+from .training import TrainSchedule, build_optimizer, train_gaussians
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def refine(data_dir, body_model_path, stage1_model, complete_masks_dir, inpainte
            out_model, out_renders, checkpoint_dir, progress: bool = True) -> dict:
     """Run stage 3 from ``stage1_model`` and write ``out_model`` and ``out_renders``."""
     from ..body.model import load_body_model
+    from ..body.refine import BodyRefinement
     from ..data.sequence import read_sequence
     from ..gaussians.human import HumanGaussians
     from ..render.backends import resolve_backend
@@ -53,14 +55,22 @@ def refine(data_dir, body_model_path, stage1_model, complete_masks_dir, inpainte
     device = pick_device(cfg.device)
     backend = resolve_backend(cfg.backend)
     seq = read_sequence(data_dir)
-    body = load_body_model(body_model_path).to(device)
+    body_model = load_body_model(body_model_path).to(device)
     saved = load_torch(stage1_model, map_location=str(device))
     stage1_cfg = from_dict(OptimizeConfig, saved["config"], "stage-1 model config")
-    frames = load_training_frames(seq, body, stage1_cfg.background, device, complete_masks_dir)
+    frames = load_training_frames(seq, body_model, stage1_cfg.background, device, complete_masks_dir)
     generated = load_generated_frames(frames, inpainted_dir, stage1_cfg.background, device)
-    model = HumanGaussians.from_capture(body, saved["model"]).to(device)
-    optimizer = model.make_optimizer(stage1_cfg)
+    model = HumanGaussians.from_capture(body_model, saved["model"]).to(device)
+    body = None
+    if saved.get("body_refinement"):
+        body = BodyRefinement.from_capture(saved["body_refinement"]).to(device)
+        if [f.name for f in frames] != body.names:
+            raise ValueError(f"{stage1_model}: its refined body parameters are of other frames than {data_dir}")
+    optimizer = build_optimizer(model, stage1_cfg, body)
     optimizer.load_state_dict(saved["optimizer"])
+    if body is not None and not cfg.refine_body:
+        body.requires_grad_(False)
+    learning_body = body if (body is not None and cfg.refine_body) else None
     lpips = LPIPSLoss(device) if cfg.lambda_gen_lpips > 0 else None
     if lpips is not None and not lpips.available:
         log.warning("stage-3 LPIPS term skipped: %s", lpips.reason)
@@ -83,25 +93,31 @@ def refine(data_dir, body_model_path, stage1_model, complete_masks_dir, inpainte
         return terms
 
     first = int(saved["iteration"]) + 1
+    # the stage-1 loss scale again: the Adam moments carried over from stage 1 were accumulated under
+    # it (the released stage 3 drops the x10000 but keeps the moments, which damps its steps ~1e-4-fold)
     schedule = TrainSchedule(first=first, last=first + cfg.iterations - 1, lr=stage1_cfg, densify=cfg.densify,
                              sh_increase_every=stage1_cfg.sh_increase_every,
-                             checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every)
+                             checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+                             loss_scale=stage1_cfg.pixel_loss_scale, body_start=first)
     signature = input_signature({"refine": to_dict(cfg), "stage1": file_digest(stage1_model)}, data_dir,
                                 body_model_path, complete_masks_dir, inpainted_dir)
     model, optimizer, history, seconds, resumed = train_gaussians(
         model, optimizer, frames, loss_fn, schedule, background, backend, checkpoint_dir, signature,
-        cfg.seed, label="stage 3", progress=progress)
+        cfg.seed, label="stage 3", progress=progress, body=learning_body)
 
     methods = dict(saved.get("methods", {}))
     methods["stage3"] = "refinement on stage-2 frames" + ("" if lpips and lpips.available else " (no LPIPS term)")
+    record = saved.get("body_refinement")
+    if body is not None:
+        record = body_refinement_record(body, "stages 1 and 3" if learning_body is not None else "stage 1")
     save_torch(out_model, {
         "model": model.capture(), "optimizer": optimizer.state_dict(), "iteration": schedule.last,
         "config": to_dict(stage1_cfg), "refine_config": to_dict(cfg), "history": saved.get("history", []) + history,
         "backend": backend, "device": str(device), "stage": "refine",
         "seconds": float(saved.get("seconds", 0.0)) + seconds, "stage3_seconds": seconds,
-        "resumed_from": resumed, "methods": methods,
+        "resumed_from": resumed, "methods": methods, "body_refinement": record,
     })
-    render_training_frames(model, frames, background, backend, out_renders, stage1_cfg.sh_view_frame)
+    render_training_frames(model, frames, background, backend, out_renders, stage1_cfg.sh_view_frame, body)
     if Path(checkpoint_dir).exists():
         shutil.rmtree(checkpoint_dir)
     summary = {"iterations": cfg.iterations, "resumed_from": resumed, "seconds": round(seconds, 1),

@@ -11,7 +11,7 @@ import torch
 
 from ..config import RenderConfig
 from ..io import atomic_dir, write_image, write_json, write_video
-from .common import load_trained_model, pick_device
+from .common import load_trained_model, pick_device, training_body_params
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def render_all(data_dir, model_path, body_model_path, cfg: RenderConfig, out_dir
     background = saved["config"]["background"]
     renderer = AvatarRenderer(model, background, resolve_backend(cfg.backend),
                               saved["config"].get("sh_view_frame", "world"))
-    params = seq.body_params()
+    params, body_source = training_body_params(seq, saved)
     counts, render_seconds = {}, 0.0
     with atomic_dir(out_dir) as tmp:
 
@@ -142,7 +142,8 @@ def render_all(data_dir, model_path, body_model_path, cfg: RenderConfig, out_dir
 
         total = sum(counts.values())
         summary = {"counts": counts, "render_fps": round(total / max(render_seconds, 1e-9), 1),
-                   "backend": renderer.backend, "device": str(device), "model": str(model_path)}
+                   "backend": renderer.backend, "device": str(device), "model": str(model_path),
+                   "body_params": body_source}
         write_json(tmp / "summary.json", summary)
 
     log.info("render: %s", summary)

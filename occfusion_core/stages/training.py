@@ -43,9 +43,12 @@ class TrainSchedule:
     Attributes:
         first: first global iteration of this stage (stage 1: 1; stage 3: stage-1 end + 1).
         last: last global iteration (inclusive).
-        lr: stage-1 learning-rate settings (the position rate decays with the global iteration).
+        lr: stage-1 learning-rate settings (the position rate decays with the global iteration);
+            its ``body_refine`` holds the body corrections' rates and regularisers.
         densify: densification settings; start/stop are counted from the stage's first iteration.
         sh_increase_every: raise the SH degree at global iterations that are multiples of it (+1).
+        loss_scale: factor on the stage's loss and the body regularisers (not on guidance terms).
+        body_start: first global iteration at which the body corrections learn.
     """
 
     first: int
@@ -55,19 +58,49 @@ class TrainSchedule:
     sh_increase_every: int
     checkpoint_every: int
     log_every: int
+    loss_scale: float = 1.0
+    body_start: int = 1
+
+
+def build_optimizer(model, cfg: OptimizeConfig, body=None) -> torch.optim.Adam:
+    """One Adam (eps 1e-15, as 3DGS/GauHuman) over the model's groups and, with ``body``, the
+    per-frame body corrections ('body_pose', 'body_trans')."""
+    groups = model.param_groups(cfg)
+    if body is not None:
+        groups += body.param_groups(cfg.body_refine)
+    return torch.optim.Adam(groups, lr=0.0, eps=1e-15)
+
+
+def frame_body(frame, body=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(poses (72,), betas (10,), trans (3,)) of a training frame: refined when ``body`` is given."""
+    if body is None:
+        return frame.poses, frame.betas, frame.trans
+    return body.frame(frame.index)
 
 
 def train_gaussians(model, optimizer, frames: list, loss_fn: Callable, schedule: TrainSchedule,
                     background: torch.Tensor, backend: str, checkpoint_dir, signature: str, seed: int,
-                    label: str = "train", progress: bool = True) -> tuple:
+                    label: str = "train", progress: bool = True, body=None, guidance: Callable | None = None
+                    ) -> tuple:
     """Run ``schedule.first .. schedule.last``; resume from ``checkpoint_dir`` when it matches.
+
+    Each iteration: ``loss_fn(render, frame, iteration)`` gives the stage's terms with 'total'; the
+    body corrections' regularisers are added to it, the sum is multiplied by
+    ``schedule.loss_scale``, and ``guidance(render, frame, iteration)`` (if any) adds its weighted
+    terms (a dict with 'total') on top, unscaled.
+
+    Args:
+        body: :class:`~occfusion_core.body.refine.BodyRefinement` of these frames, refined with the
+            Gaussians (its groups must be in ``optimizer``), or None (the estimates as given).
 
     Returns:
         (model, optimizer, history: list of logged rows, seconds spent, resumed_from global iteration)
-        — the optimizer is a new object when a checkpoint was resumed; the model is restored in place.
+        — the optimizer is a new object when a checkpoint was resumed; the model and body are
+        restored in place.
     """
     from tqdm import tqdm
 
+    from ..body.refine import BodyRefinement
     from ..gaussians.densify import DensifyState, densify_and_prune
     from .common import render_gaussians
 
@@ -83,7 +116,9 @@ def train_gaussians(model, optimizer, frames: list, loss_fn: Callable, schedule:
         ckpt = load_torch(ckpt_path, map_location=str(device))
         if ckpt.get("signature") == signature:
             model.restore(ckpt["model"])  # in place: loss functions may hold the model
-            optimizer = torch.optim.Adam(model.param_groups(schedule.lr), lr=0.0, eps=1e-15)
+            if body is not None:
+                body.restore(ckpt["body"])
+            optimizer = build_optimizer(model, schedule.lr, body)
             optimizer.load_state_dict(ckpt["optimizer"])
             densify = DensifyState(model.num_gaussians, device=device)
             densify.load_state_dict(ckpt["densify"])
@@ -100,27 +135,43 @@ def train_gaussians(model, optimizer, frames: list, loss_fn: Callable, schedule:
     def save_checkpoint(iteration: int) -> None:
         save_torch(ckpt_path, {
             "signature": signature, "iteration": iteration, "model": model.capture(),
+            "body": body.capture() if body is not None else None,
             "optimizer": optimizer.state_dict(), "densify": densify.state_dict(),
             "numpy_rng": rng.bit_generator.state, "sampler_stack": list(sampler.stack),
             "torch_rng": torch.get_rng_state(), "history": history,
         })
 
     dcfg = schedule.densify
+    body_cfg = schedule.lr.body_refine
+    stage_length = max(schedule.last - schedule.first, 1)
     t0 = time.time()
     bar = tqdm(range(start + 1, schedule.last + 1), desc=label, disable=not progress, ascii=True,
                initial=start - schedule.first + 1, total=schedule.last - schedule.first + 1, mininterval=5.0)
     for it in bar:
         local = it - schedule.first + 1  # 1-based iteration within this stage
         model.apply_position_lr(optimizer, it, schedule.lr)
+        if body is not None:
+            BodyRefinement.apply_lr(optimizer, body_cfg, (it - schedule.first) / stage_length,
+                                    active=it >= schedule.body_start)
         if it > 1 and (it - 1) % schedule.sh_increase_every == 0:
             model.oneup_sh_degree()
         frame = frames[sampler.next()]
-        d = model.deform(frame.poses, frame.betas, frame.trans)
+        poses, betas, trans = frame_body(frame, body)
+        d = model.deform(poses, betas, trans)
         out = render_gaussians(d, frame.camera, background, backend, schedule.lr.sh_view_frame)
         densifying = dcfg.enabled and dcfg.start_iter < local < dcfg.stop_iter
         if densifying:
             out.means2d.retain_grad()
         terms = loss_fn(out, frame, it)
+        if body is not None and it >= schedule.body_start:
+            for name, value in body.regularizer(body_cfg).items():
+                terms[name] = value
+                terms["total"] = terms["total"] + value
+        terms["total"] = schedule.loss_scale * terms["total"]
+        if guidance is not None:
+            extra = guidance(out, frame, it)
+            terms.update({k: v for k, v in extra.items() if k != "total"})
+            terms["total"] = terms["total"] + extra["total"]
         if not torch.isfinite(terms["total"]):
             raise FloatingPointError(f"{label}: loss is {terms['total'].item()} at iteration {it} "
                                      f"(frame {frame.name}); lower the learning rates")
