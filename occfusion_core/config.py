@@ -94,10 +94,25 @@ class SyntheticConfig:
     """zju_band: width of the hidden band as a fraction of the person's width (protocol: 0.5)."""
     seed: int = 0
     """Random seed: same seed, same files."""
-    pose_noise_deg: float = 0.0
-    """Std of Gaussian noise (degrees) added to every joint rotation written to metadata."""
-    trans_noise_m: float = 0.0
-    """Std of Gaussian noise (metres) added to the translation written to metadata."""
+    pose_noise_deg: float = 5.0
+    """Error of the body estimate written to metadata.json, like a monocular pose estimator's: std
+    (degrees) of each rotation-vector component of the error composed with every joint rotation,
+    global orientation included. 0 writes the exact parameters (gt/clean_metadata.json always has
+    them)."""
+    trans_noise_m: float = 0.02
+    """Std (metres) of the translation error per axis in metadata.json."""
+    noise_correlation_frames: float = 3.0
+    """Time constant (frames) of the estimate's error: an AR(1) process with coefficient
+    exp(-1 / this) per frame, so neighbouring frames err alike as a tracker's estimates do;
+    0 gives independent errors per frame."""
+    betas_std: float = 1.0
+    """Std of the person's true shape coefficients (drawn from the seed; 0: the mean shape)."""
+    betas_noise: float = 0.5
+    """Std of the error of the shape estimate in metadata.json, per coefficient (one estimate for the
+    whole sequence)."""
+    clothing: str = "loose"
+    """'loose': shirt, sleeves, trousers and hair stand off the body (the person's outline is not the
+    body model's); 'fitted': the person is the textured body model itself."""
     turns: float = 1.0
     """Full turns of the body about the vertical axis over the sequence."""
     camera_distance: float = 3.0
@@ -139,6 +154,39 @@ class DensifyConfig:
 
 
 @dataclass
+class BodyRefineConfig:
+    enabled: bool = True
+    """Learn a correction of the global orientation, body pose and translation of every training
+    frame together with the Gaussians (stages 1 and 3)."""
+    lr_pose: float = 5e-3
+    """Adam learning rate of the pose corrections (radians of axis-angle per step)."""
+    lr_trans: float = 1e-3
+    """Adam learning rate of the translation corrections (metres per step)."""
+    lr_final_fraction: float = 0.05
+    """Both rates decay exponentially over each stage to this fraction of their start value."""
+    start_iter: int = 0
+    """Stage-1 iteration from which the corrections learn (0: from the start; measured on the noisy
+    synthetic subject, waiting gained nothing)."""
+    prior_pose: float = 0.5
+    """Weight of the mean squared pose correction (rad^2) over frames and components."""
+    prior_trans: float = 50.0
+    """Weight of the mean squared translation correction (m^2) over frames and axes."""
+    smooth_pose: float = 0.05
+    """Weight of the mean squared second difference of the refined joint rotation matrices between
+    consecutive frames."""
+    smooth_trans: float = 50.0
+    """Weight of the mean squared second difference of the refined translations (m^2)."""
+    refine_shape: bool = False
+    """Also learn one correction of the shape (betas) shared by all frames. Off by default: on the
+    synthetic subject the images hardly constrain it (the Gaussians absorb most of a shape error) and
+    the directions they do not see drift."""
+    lr_shape: float = 2e-3
+    """Adam learning rate of the shape correction (betas units per step)."""
+    prior_shape: float = 1e-3
+    """Weight of the mean squared refined betas (the shape estimator's own N(0, 1) prior)."""
+
+
+@dataclass
 class OptimizeConfig:
     iterations: int = 1200
     """Optimisation steps."""
@@ -152,7 +200,8 @@ class OptimizeConfig:
     """'visible': photometric losses on visible person pixels only (OccGauHuman); 'full': on the
     whole frame with the non-person pixels set to the background (GauHuman)."""
     mask_source: str = "visible"
-    """Target of the mask loss: 'visible' (input masks) or 'complete' (stage-0 masks)."""
+    """Target of the mask loss: 'visible' (input masks), 'complete' (stage-0 masks) or 'ground_truth'
+    (the sequence's gt/full_masks: a control that needs ground truth, not a method)."""
     lambda_l1: float = 1.0
     """Weight of the L1 colour loss."""
     lambda_mask: float = 2.0
@@ -202,6 +251,11 @@ class OptimizeConfig:
     """KL densification (off in OccFusion stage 1)."""
     sds: GuidanceConfig = field(default_factory=GuidanceConfig)
     """Score distillation on the rendered silhouette (OccFusion stage 1; needs SD weights)."""
+    body_refine: BodyRefineConfig = field(default_factory=BodyRefineConfig)
+    """Per-frame corrections of the body estimate, learnt with the Gaussians (stages 1 and 3)."""
+    pixel_loss_scale: float = 10000.0
+    """Factor on every term but SDS (released stage1.py: pixel_loss = 10000 * loss), which sets the
+    balance against the SDS weights; without SDS, Adam makes it irrelevant."""
 
 
 def _refine_densify() -> "DensifyConfig":
@@ -233,6 +287,8 @@ class RefineConfig:
     """Log the loss terms every this many iterations."""
     densify: DensifyConfig = field(default_factory=_refine_densify)
     """KL densification; iteration numbers count from the start of stage 3."""
+    refine_body: bool = True
+    """Keep learning the per-frame body corrections of stage 1 (with stage 1's settings)."""
 
 
 @dataclass
@@ -261,6 +317,6 @@ class MetricsConfig:
 
 _TYPES = {
     c.__name__: c
-    for c in (BodyModelConfig, SyntheticConfig, GuidanceConfig, DensifyConfig, OptimizeConfig,
+    for c in (BodyModelConfig, SyntheticConfig, GuidanceConfig, DensifyConfig, BodyRefineConfig, OptimizeConfig,
               RefineConfig, RenderConfig, MetricsConfig, MaskCompletionConfig, InpaintConfig)
 }

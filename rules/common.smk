@@ -8,7 +8,10 @@ from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml")
 
-from occfusion_core.config import merge  # noqa: E402  (after validation on purpose)
+from occfusion_core.config import OptimizeConfig, RefineConfig, merge  # noqa: E402  (after validation on purpose)
+
+OPTIMIZE_DEFAULT_ITERATIONS = OptimizeConfig.iterations
+REFINE_DEFAULT_ITERATIONS = RefineConfig.iterations
 from occfusion_core.runlog import host_has_nvidia_gpu  # noqa: E402
 
 SUBJECTS = config["subjects"]
@@ -47,9 +50,37 @@ for _variant in VARIANTS:
                          f"variants.{_variant}.stages lacks complete_masks")
 
 
+def variant_role(variant):
+    """'method', 'baseline', 'ceiling' or 'control' (see the schema)."""
+    return VARIANTS[variant].get("role", "method")
+
+
+def variant_needs_ground_truth(variant):
+    """Ceilings and controls use what only a benchmark has (unoccluded frames, true masks)."""
+    spec = VARIANTS[variant]
+    return (variant_role(variant) in ("ceiling", "control") or spec.get("training_frames") == "unoccluded"
+            or stage_config("optimize", variant).get("mask_source") == "ground_truth")
+
+
+def subject_has_ground_truth(subject):
+    """True when the subject's data will hold gt/ (unoccluded frames and full masks)."""
+    spec = SUBJECTS[subject]
+    source = spec["source"]
+    options = spec.get(source, {})
+    if source == "synthetic":
+        return True
+    if source == "zju":
+        return options.get("occlusion", "zju_band") != "none"
+    return options.get("occlusion", {}).get("kind", "none") != "none"
+
+
 def variants_of(subject):
-    """Variants that run on a subject (all of them unless the subject lists its own)."""
-    return SUBJECTS[subject].get("variants", list(VARIANTS))
+    """Variants that run on a subject: its own list, else every variant that its data allows (those
+    needing ground truth only where it exists)."""
+    if "variants" in SUBJECTS[subject]:
+        return SUBJECTS[subject]["variants"]
+    has_gt = subject_has_ground_truth(subject)
+    return [v for v in VARIANTS if has_gt or not variant_needs_ground_truth(v)]
 
 
 def body_model_file():
@@ -59,9 +90,34 @@ def body_model_file():
 
 
 def stage_config(stage, variant=None):
-    """Stage settings: workflow defaults < config[stage] < variants[variant][stage]."""
+    """Stage settings: workflow defaults < config[stage] < variants[variant][stage].
+
+    Matched budgets (``matched_budget: true``, the default): a variant without stage 3 trains stage 1
+    for the stage-1 plus the stage-3 iterations, so every variant gets the same number of Gaussian
+    updates."""
     own = VARIANTS[variant].get(stage, {}) if variant else {}
-    return merge(config.get(stage, {}), own)
+    merged = merge(config.get(stage, {}), own)
+    if (stage == "optimize" and variant and config.get("matched_budget", True)
+            and "refine" not in variant_stages(variant)):
+        stage1 = merged.get("iterations", OPTIMIZE_DEFAULT_ITERATIONS)
+        stage3 = stage_config("refine", variant).get("iterations", REFINE_DEFAULT_ITERATIONS)
+        merged["iterations"] = stage1 + stage3
+    return merged
+
+
+def training_iterations(variant):
+    """Total Gaussian iterations of a variant (stage 1, plus stage 3 where it runs)."""
+    total = stage_config("optimize", variant).get("iterations", OPTIMIZE_DEFAULT_ITERATIONS)
+    if "refine" in variant_stages(variant):
+        total += stage_config("refine", variant).get("iterations", REFINE_DEFAULT_ITERATIONS)
+    return total
+
+
+def training_data(wildcards):
+    """The frames stage 1 trains on: the input, or (ceilings) the unoccluded frames with full masks."""
+    if VARIANTS[wildcards.variant].get("training_frames") == "unoccluded":
+        return f"results/{wildcards.subject}/unoccluded_data"
+    return f"results/{wildcards.subject}/data"
 
 
 def source_config(wildcards):
@@ -123,3 +179,20 @@ def gpu_threads():
     thread, 150-670 ms on two when another job shares the cores)."""
     # workflow.cores is None on a cluster (no --cores): jobs then get 8 (their --cpus-per-task)
     return max(1, min(workflow.cores or 8, 8)) if HOST_HAS_GPU else 1
+
+
+def _check_variants():
+    for subject, spec in SUBJECTS.items():
+        if subject_has_ground_truth(subject):
+            continue
+        needing = [v for v in spec.get("variants", []) if variant_needs_ground_truth(v)]
+        if needing:
+            raise ValueError(f"config: subjects.{subject}.variants lists {needing}, which need ground truth "
+                             f"(unoccluded frames, true masks) that this subject's source does not have")
+    for role in ("baseline", "ceiling"):
+        named = [v for v in VARIANTS if variant_role(v) == role]
+        if len(named) > 1:
+            raise ValueError(f"config: variants {named} all have role '{role}'; at most one may")
+
+
+_check_variants()

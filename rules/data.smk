@@ -78,3 +78,22 @@ rule overlay:
         runtime=20,
     script:
         "../workflow_scripts/overlay.py"
+
+
+rule unoccluded_data:
+    input:
+        data="results/{subject}/data",
+        report="results/{subject}/data_report.json",
+    output:
+        data=directory("results/{subject}/unoccluded_data"),
+    log:
+        "results/logs/unoccluded_data/{subject}.log",
+    benchmark:
+        "results/benchmarks/unoccluded_data/{subject}.tsv"
+    conda:
+        "../envs/core.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../workflow_scripts/unoccluded_data.py"

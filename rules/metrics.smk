@@ -13,6 +13,7 @@ rule metrics:
     params:
         cfg=lambda wc: stage_config("metrics", wc.variant),
         variant_config=lambda wc: VARIANTS[wc.variant],
+        role=lambda wc: variant_role(wc.variant),
     log:
         "results/logs/metrics/{subject}.{variant}.log",
     benchmark:

@@ -3,7 +3,7 @@
 
 rule optimize:
     input:
-        data="results/{subject}/data",
+        data=training_data,
         report="results/{subject}/data_report.json",
         body=body_model_file(),
         masks=stage0_masks,

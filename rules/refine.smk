@@ -5,6 +5,7 @@ rule incontext_inpaint:
     input:
         data="results/{subject}/data",
         renders="results/{subject}/{variant}/stage1/renders",
+        stage1="results/{subject}/{variant}/stage1/model.pt",
         body=body_model_file(),
         code=core_code("stages/incontext", "priors"),
     output:

@@ -9,6 +9,7 @@ import yaml
 from snakemake.utils import validate
 
 from occfusion_core import config as C
+from occfusion_core.priors.configs import BodyAlignConfig
 from conftest import snakemake_bin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +24,7 @@ def schema_defs():
     ("optimize", C.OptimizeConfig), ("render", C.RenderConfig), ("metrics", C.MetricsConfig),
     ("synthetic", C.SyntheticConfig), ("densify", C.DensifyConfig), ("sds", C.GuidanceConfig),
     ("complete_masks", C.MaskCompletionConfig), ("incontext_inpaint", C.InpaintConfig),
-    ("refine", C.RefineConfig),
+    ("refine", C.RefineConfig), ("body_refine", C.BodyRefineConfig), ("body_align", BodyAlignConfig),
 ])
 def test_schema_and_dataclasses_name_the_same_fields(name, cls):
     in_schema = set(schema_defs()[name]["properties"])

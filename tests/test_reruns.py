@@ -268,12 +268,15 @@ def test_optimize_resumed_from_its_checkpoint(completed_run):
     m = re.search(r"resuming from \S+checkpoint\.pt at iteration (\d+)", log)
     assert m, f"the optimize log does not say it resumed:\n{log[-3000:]}"
     iteration = int(m.group(1))
-    cfg = yaml.safe_load(completed_run.config.read_text())["optimize"]
-    assert 0 < iteration < cfg["iterations"] and iteration % cfg["checkpoint_every"] == 0
+    config = yaml.safe_load(completed_run.config.read_text())
+    cfg = config["optimize"]
+    # matched budgets: the variant has no stage 3, so stage 1 also runs the stage-3 iterations
+    iterations = cfg["iterations"] + config["refine"]["iterations"]
+    assert 0 < iteration < iterations and iteration % cfg["checkpoint_every"] == 0
     from occfusion_core.io import load_torch
 
     model = load_torch(completed_run.workdir / "results" / SUBJECT / VARIANT / "stage1" / "model.pt")
-    assert model["resumed_from"] == iteration and model["iteration"] == cfg["iterations"]
+    assert model["resumed_from"] == iteration and model["iteration"] == iterations
     # the checkpoint folder is gone once model.pt (which holds the optimiser state) is written
     assert not (completed_run.workdir / "results" / SUBJECT / VARIANT / "stage1" / "checkpoints").exists()
 

@@ -34,10 +34,21 @@ SECOND_SUBJECT = {
 }
 SECOND_VARIANT = {
     "description": "GauHuman: whole-frame losses (no occlusion handling)",
+    "role": "baseline",
     "optimize": {"loss_region": "full", "mask_source": "visible", "lambda_mask": 0.1,
                  "lambda_ssim": 0.01, "lambda_lpips": 0.0},
 }
-EXPECTED_PAIRS = {("tiny", "occgauhuman"), ("tiny", "gauhuman"), ("crate", "occgauhuman")}
+# the references every subject with ground truth gets (the crate subject lists its own variants)
+REFERENCE_VARIANTS = {
+    "ceiling": {"description": "occgauhuman trained on the unoccluded frames", "role": "ceiling",
+                "training_frames": "unoccluded",
+                "optimize": {"loss_region": "visible", "lambda_mask": 2.0, "lambda_lpips": 0.0}},
+    "control": {"description": "occgauhuman with the true full masks", "role": "control",
+                "optimize": {"loss_region": "visible", "mask_source": "ground_truth", "lambda_mask": 2.0,
+                             "lambda_lpips": 0.0}},
+}
+EXPECTED_PAIRS = {("tiny", "occgauhuman"), ("tiny", "gauhuman"), ("tiny", "ceiling"), ("tiny", "control"),
+                  ("crate", "occgauhuman")}
 GPU_RULES = {"complete_masks", "optimize", "incontext_inpaint", "refine", "render", "metrics"}
 
 
@@ -56,6 +67,7 @@ def multi_run(tmp_path_factory):
     config = yaml.safe_load(TINY.read_text())
     config["subjects"]["crate"] = SECOND_SUBJECT
     config["variants"]["gauhuman"] = SECOND_VARIANT
+    config["variants"].update(REFERENCE_VARIANTS)
     config_path = base / "subjects.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     workdir = base / "run"
@@ -105,6 +117,34 @@ def test_summary_covers_every_subject_and_variant(multi_run):
         metrics = json.loads((workdir / "results" / subject / variant / "metrics.json").read_text())
         assert metrics, f"{subject}/{variant}: empty metrics.json"
     assert (workdir / "results" / "summary.png").stat().st_size > 0
+
+
+def test_summary_has_ceiling_control_gap_closed_and_matched_budgets(multi_run):
+    """Every variant of a subject trains the same number of iterations (30 + 10: stage 1 for the
+    sum where there is no stage 3); gap_closed is (variant - baseline) / (ceiling - baseline) on
+    occluded-region PSNR; the ceiling trained on the unoccluded frames, the control on the true masks."""
+    workdir = multi_run["workdir"]
+    with open(workdir / "results" / "summary.csv", newline="") as f:
+        rows = {(r["subject"], r["variant"]): r for r in csv.DictReader(f)}
+    assert {rows[("tiny", v)]["role"] for v in ("gauhuman", "ceiling", "control", "occgauhuman")} == \
+        {"baseline", "ceiling", "control", "method"}
+    assert {int(r["iterations"]) for r in rows.values()} == {40}
+    base, ceiling = (float(rows[("tiny", v)]["occluded_psnr"]) for v in ("gauhuman", "ceiling"))
+    for variant in ("occgauhuman", "control", "ceiling", "gauhuman"):
+        value = rows[("tiny", variant)]["gap_closed"]
+        if ceiling > base:
+            expected = (float(rows[("tiny", variant)]["occluded_psnr"]) - base) / (ceiling - base)
+            assert float(value) == pytest.approx(expected, abs=1e-3)
+        else:
+            assert value == ""
+    assert rows[("crate", "occgauhuman")]["gap_closed"] == ""  # no baseline or ceiling there
+    ceiling_metrics = json.loads((workdir / "results" / "tiny" / "ceiling" / "metrics.json").read_text())
+    assert ceiling_metrics["training_frames"] == "unoccluded" and ceiling_metrics["role"] == "ceiling"
+    assert (workdir / "results" / "tiny" / "unoccluded_data" / "images").is_dir()
+    assert not (workdir / "results" / "crate" / "unoccluded_data").exists()
+    control = json.loads((workdir / "results" / "tiny" / "control" / "metrics.json").read_text())
+    assert "true full masks" in control["methods"]["stage1_masks"]
+    assert control["body_params"].startswith("refined per frame")
 
 
 def job_intervals(log: str) -> dict[int, dict]:

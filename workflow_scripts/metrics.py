@@ -13,5 +13,5 @@ with run_logged(sm.log[0], threads=sm.threads):
     compute_metrics(
         sm.input.data, sm.input.model, sm.input.body, cfg, sm.output.metrics,
         subject=sm.wildcards.subject, variant=sm.wildcards.variant,
-        variant_config=sm.params.variant_config, stage_reports=list(sm.input.reports),
+        variant_config=sm.params.variant_config, stage_reports=list(sm.input.reports), role=sm.params.role,
     )

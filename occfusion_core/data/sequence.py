@@ -295,6 +295,30 @@ class Sequence:
         h, w = self.size
         return Camera(m.K, m.w2c, w, h)
 
+    def keypoints(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """2D keypoints of every frame from ``keypoints.json`` (written by the video source):
+        (pixels (T, 33, 2), visibility (T, 33)) in the frames' order, or None when the sequence has
+        none. A frame missing from the file gets visibility 0.
+
+        Raises:
+            InputError: the file is not a keypoints file of 33 landmarks per frame.
+        """
+        path = self.root / "keypoints.json"
+        if not path.exists():
+            return None
+        data = read_json(path)
+        frames = data.get("frames") if isinstance(data, dict) else None
+        if not isinstance(frames, dict):
+            raise InputError(path, "expected an object with 'frames': {name: {'keypoints': [[u, v, visibility] x 33]}}")
+        points = np.zeros((len(self.frames), 33, 2))
+        visibility = np.zeros((len(self.frames), 33))
+        for t, name in enumerate(self.frames):
+            if name not in frames:
+                continue
+            kp = _parse_array(frames[name].get("keypoints"), (33, 3), path, f"frame '{name}' ", "keypoints")
+            points[t], visibility[t] = kp[:, :2], kp[:, 2]
+        return points, visibility
+
     def body_params(self, names: Iterable[str] | None = None) -> dict:
         """SMPL parameters of ``names`` (default: all frames) as float32 torch tensors.
 
@@ -451,6 +475,29 @@ def write_gt_frame(
     if occluder_mask is not None:
         _, occluder_mask = _check_frame_arrays(name, image, occluder_mask)
         write_mask(gt / "occluder_masks" / f"{name}.png", occluder_mask)
+
+
+def write_unoccluded_sequence(data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
+    """The training frames of a ceiling: the sequence's unoccluded frames (``gt/images``) with their
+    complete masks (``gt/full_masks``) as the visible masks, the same body estimates and cameras.
+
+    A benchmark's reference, never a method: it needs the ground truth that only a synthetic or
+    simulated occlusion has. The metrics of a model trained on it are computed on the original
+    (occluded) sequence, so it is scored on the same hidden pixels as every other variant.
+
+    Raises:
+        InputError: the sequence has no ground truth.
+    """
+    seq = read_sequence(data_dir)
+    if not seq.has_gt:
+        raise InputError(seq.root, "has no ground truth (gt/images, gt/full_masks): an unoccluded "
+                                   "ceiling cannot be trained for it")
+    info = dict(seq.info)
+    info["unoccluded_from"] = str(seq.root)
+    info["notes"] = ("ceiling training data: gt/images and gt/full_masks of the sequence above as "
+                     "images/ and masks/, its metadata.json unchanged")
+    write_sequence(out_dir, ((n, seq.gt_image(n), seq.gt_full_mask(n), seq.meta[n]) for n in seq.frames), info)
+    return {"frames": len(seq.frames), "from": str(seq.root)}
 
 
 def write_heldout(

@@ -13,7 +13,7 @@ repos were removed). Weights are never fetched unless ``local_files_only`` is tu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 SD15_INPAINTING = "stable-diffusion-v1-5/stable-diffusion-inpainting"
 """Mirror of ``runwayml/stable-diffusion-inpainting`` (9-channel inpainting UNet)."""
@@ -41,6 +41,57 @@ STAGE2_PROMPT = ("the same person standing in two different rooms"
                  "realistic, typical, natural body, two arms, two legs, real person")
 STAGE2_NEGATIVE = ("holding something, complex textures, malformed, abnormal, unnatural, cartoonish, "
                    "occlusions, low quality, objects, blurry")
+
+
+@dataclass
+class BodyAlignConfig:
+    """Alignment of the body estimate to each frame's visible evidence before stage 0 draws from it
+    (:mod:`occfusion_core.body.align`). Data terms measure errors in units of the body box height,
+    so a weight of 1e4 makes an error of 1% of the height cost 1; the priors are 1 / sigma^2 of the
+    correction they allow."""
+
+    enabled: bool = True
+    """Align the body before drawing its silhouette (``silhouette``) or its OpenPose canvas (``diffusion``)."""
+    rounds: int = 15
+    """L-BFGS rounds over all frames at once; the evidence and the nearest-vertex assignments are
+    measured again before each (like ICP, the alignment gains more from rounds than from iterations)."""
+    iterations_per_round: int = 8
+    """L-BFGS iterations per round."""
+    refine_shape: bool = False
+    """Also correct the shape (one betas correction for all frames); off by default, as masks and
+    keypoints hardly constrain it."""
+    weight_cover: float = 1e4
+    """Weight of the cover term: pixels of the eroded visible mask should have a body vertex nearby."""
+    weight_outside: float = 1e4
+    """Weight of the outside term: no body vertex on pixels known to be background."""
+    weight_keypoints: float = 1e4
+    """Weight of the robust 2D keypoint term (where the source has keypoints)."""
+    keypoint_min_visibility: float = 0.5
+    """Keypoints with a detector visibility below this get no weight."""
+    robust_sigma: float = 0.05
+    """Geman-McClure scale of the cover and keypoint terms, fraction of the body box height."""
+    cover_erosion: float = 0.015
+    """The visible mask is eroded by this fraction of the box height before sampling cover pixels:
+    clothing and hair stand off the body, so the mask's rim need not lie on it."""
+    cover_samples: int = 300
+    """Cover pixels sampled per frame."""
+    outside_reach: float = 0.03
+    """Known-background pixels lie within this fraction of the box height of the person's outline."""
+    outline_band: float = 0.06
+    """Outline evidence: largest distance between the visible outline and the body's, fraction of the
+    box height."""
+    max_vertices: int = 2000
+    """Body vertices used per frame (every k-th vertex beyond this many)."""
+    prior_pose: float = 10.0
+    """Weight of the mean squared pose correction (rad^2): 10 lets about 18 degrees through."""
+    prior_trans: float = 400.0
+    """Weight of the mean squared translation correction (m^2): 400 lets about 5 cm through."""
+    prior_shape: float = 1.0
+    """Weight of the mean squared refined betas."""
+    smooth_pose: float = 5.0
+    """Weight of the squared second differences of the joint rotation matrices between frames."""
+    smooth_trans: float = 400.0
+    """Weight of the squared second differences of the translations (m^2)."""
 
 
 @dataclass
@@ -94,6 +145,8 @@ class MaskCompletionConfig:
     silhouette_margin_radius: float = 0.15
     """Silhouette fit: distance (fraction of the box diagonal) over which a margin measured on the
     visible outline carries into the hidden region before the frame's median margin takes over."""
+    align: BodyAlignConfig = field(default_factory=BodyAlignConfig)
+    """Align the body estimate to each frame's visible mask (and keypoints) before drawing from it."""
 
 
 @dataclass

@@ -37,7 +37,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..masks import bounding_box_yx, mask_iou, oriented_edges, outline_evidence, shift_mask, signed_distance
 from .diffusion import ModelWeightsMissing
+
+__all__ = ["SamHQSegmenter", "SegmenterUnavailable", "SilhouetteCompletion", "best_shift", "complete_with_silhouette",
+           "mask_iou", "oriented_edges", "outline_evidence", "shift_mask", "signed_distance"]
 
 SAM_HQ_MODEL_TYPES = ("vit_h", "vit_l", "vit_b", "vit_tiny")
 
@@ -121,43 +125,6 @@ class SilhouetteCompletion:
     outline_evidence: int
 
 
-def signed_distance(mask: np.ndarray) -> np.ndarray:
-    """(H, W) float: distance to the nearest pixel of the other kind, negative inside ``mask``
-    (a pixel on the inner edge is -1, one just outside +1)."""
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        return np.full(mask.shape, np.inf)
-    outside = ndimage.distance_transform_edt(~mask)
-    inside = ndimage.distance_transform_edt(mask) if not mask.all() else np.full(mask.shape, np.inf)
-    return np.where(mask, -inside, outside)
-
-
-def shift_mask(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """``mask`` moved by (dy, dx) pixels, zero-filled (no wrap-around)."""
-    out = np.zeros_like(mask)
-    H, W = mask.shape
-    src = mask[max(0, -dy):H - max(0, dy), max(0, -dx):W - max(0, dx)]
-    out[max(0, dy):max(0, dy) + src.shape[0], max(0, dx):max(0, dx) + src.shape[1]] = src
-    return out
-
-
-def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    ys, xs = np.nonzero(mask)
-    return int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1
-
-
-_STEPS = ((-1, 0), (1, 0), (0, -1), (0, 1))
-"""The four outward directions (dy, dx) of an edge pixel: up, down, left, right."""
-
-
-def oriented_edges(mask: np.ndarray) -> list[np.ndarray]:
-    """For each direction of :data:`_STEPS`, the (H, W) bool pixels of ``mask`` whose neighbour
-    that way is outside it. The image border is not an edge (a person may continue beyond it)."""
-    padded = np.pad(np.asarray(mask, dtype=bool), 1, mode="edge")
-    H, W = mask.shape
-    return [mask & ~padded[1 + dy:1 + dy + H, 1 + dx:1 + dx + W] for dy, dx in _STEPS]
-
-
 def _correlate_shifts(source: np.ndarray, score: np.ndarray, max_shift: int) -> np.ndarray:
     """(2m+1, 2m+1) array g[dy+m, dx+m] = sum_p source[p] score[p - (dy, dx)], zero outside."""
     from scipy.signal import fftconvolve
@@ -181,7 +148,7 @@ def best_shift(visible: np.ndarray, body: np.ndarray, max_shift: int, max_margin
     body's position is trusted unless enough of the outline disagrees (a visible foot alone does not
     move the whole body).
     """
-    y0a, x0a, y1a, x1a = _box(visible | body)
+    y0a, x0a, y1a, x1a = bounding_box_yx(visible | body)
     H, W = body.shape
     pad = max_shift + max_margin + 2
     y0, x0, y1, x1 = max(0, y0a - pad), max(0, x0a - pad), min(H, y1a + pad), min(W, x1a + pad)
@@ -206,22 +173,6 @@ def best_shift(visible: np.ndarray, body: np.ndarray, max_shift: int, max_margin
     if best_votes <= max(unshifted * (1.0 + min_gain), unshifted + min_support * outline_length):
         return 0, 0
     return best
-
-
-def outline_evidence(visible: np.ndarray, sd: np.ndarray, band: float) -> np.ndarray:
-    """(H, W) bool edge pixels of ``visible`` that lie on the person's own outline.
-
-    A step from edge pixel p to its outside neighbour q must climb the body's signed distance
-    ``sd`` by most of a pixel (q lies further out of the body, so the edge runs along the body's
-    outline, not across it as an occluder's edge does), and |sd(p)| <= ``band``.
-    """
-    evidence = np.zeros_like(visible)
-    padded = np.pad(sd, 1, mode="edge")
-    H, W = sd.shape
-    for (dy, dx), edge in zip(_STEPS, oriented_edges(visible)):
-        climb = padded[1 + dy:1 + dy + H, 1 + dx:1 + dx + W] - sd
-        evidence |= edge & (climb > 0.6)
-    return evidence & (np.abs(sd) <= band)
 
 
 def _local_median(points: np.ndarray, values: np.ndarray, radius: float) -> np.ndarray:
@@ -252,7 +203,7 @@ def complete_with_silhouette(visible: np.ndarray, body: np.ndarray, max_shift: f
         raise ValueError(f"visible {visible.shape} and body {body.shape} masks differ in size")
     if not body.any():
         return SilhouetteCompletion(visible.copy(), (0, 0), 0.0, 0)
-    y0, x0, y1, x1 = _box(body)
+    y0, x0, y1, x1 = bounding_box_yx(body)
     diagonal = math.hypot(y1 - y0, x1 - x0)
     band_px = max(2.0, band * diagonal)
     shift = (0, 0)
@@ -278,10 +229,3 @@ def complete_with_silhouette(visible: np.ndarray, body: np.ndarray, max_shift: f
         margin = np.full_like(sd, -1.0)  # no outline seen: the body silhouette itself (sd <= -1)
     region = sd <= margin
     return SilhouetteCompletion(visible | region, shift, median, int(margins.size))
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two (H, W) bool masks (1.0 when both are empty)."""
-    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0

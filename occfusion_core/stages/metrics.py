@@ -22,7 +22,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure as
 from ..config import MetricsConfig
 from ..io import write_json
 from ..losses import LPIPSLoss, ssim_map
-from .common import body_box_mask, load_trained_model, pick_device
+from .common import body_box_mask, load_trained_model, pick_device, training_body_params
 from .render import AvatarRenderer
 
 log = logging.getLogger(__name__)
@@ -91,11 +91,12 @@ def stage_methods(saved: dict, stage_reports=()) -> dict:
 
 def compute_metrics(data_dir, model_path, body_model_path, cfg: MetricsConfig, out_path,
                     subject: str = "", variant: str = "", variant_config: dict | None = None,
-                    stage_reports=()) -> dict:
+                    stage_reports=(), role: str = "method") -> dict:
     """Score a trained model against its subject's frames (and ground truth where it exists).
 
     Args:
         stage_reports: the variant's stage-0 / stage-2 ``report.json`` files (their methods are recorded).
+        role: the variant's role in the summary: 'method', 'baseline', 'ceiling' or 'control'.
     """
     from ..body.model import load_body_model
     from ..data.sequence import read_sequence
@@ -116,7 +117,7 @@ def compute_metrics(data_dir, model_path, body_model_path, cfg: MetricsConfig, o
         with torch.no_grad():
             return float(lpips(torch.as_tensor(pred, device=device), torch.as_tensor(gt, device=device)))
 
-    params = seq.body_params()
+    params, body_source = training_body_params(seq, saved)
     bg_name = "white" if np.allclose(bg, 1) else f"rgb{tuple(float(x) for x in bg)}"
     lpips_desc = "LPIPS-VGG (lpips package), inputs in [-1, 1], x1000" if cfg.lpips else "off"
 
@@ -139,13 +140,15 @@ def compute_metrics(data_dir, model_path, body_model_path, cfg: MetricsConfig, o
         "views": "training camera", "pixels": "inside the true full person mask and hidden in the input",
         "ground_truth": "unoccluded frame (gt/images)", "render_background": bg_name,
         "psnr": "per frame over the masked pixels, mean over frames with hidden pixels",
-        "ssim": "SSIM map (Gaussian 11x11 sigma 1.5) averaged over the masked pixels",
+        "ssim": "SSIM map (Gaussian 11x11 sigma 1.5) averaged over the masked pixels, both images set to "
+                "background outside the true person mask",
         "lpips": lpips_desc + ", on the frame with non-masked pixels set to background in both images"})
     visible = _Scores({
         "views": "training camera", "pixels": "visible person pixels of the input (OcMotion protocol)",
         "ground_truth": "input frame", "render_background": bg_name,
         "psnr": "per frame over the masked pixels, mean over frames",
-        "ssim": "SSIM map (Gaussian 11x11 sigma 1.5) averaged over the masked pixels",
+        "ssim": "SSIM map (Gaussian 11x11 sigma 1.5) averaged over the masked pixels, both images set to "
+                "background outside the visible mask",
         "lpips": lpips_desc + ", on the frame with non-masked pixels set to background in both images"})
     ious, coverage = [], []
 
@@ -156,8 +159,10 @@ def compute_metrics(data_dir, model_path, body_model_path, cfg: MetricsConfig, o
         alpha = out.alpha[..., 0].cpu().numpy()
         vis = seq.mask(name)
         gt_vis = composite(seq.image(name), vis)
+        # the render is composited exactly like its ground truth (background outside the mask), so
+        # the SSIM windows that straddle the mask's edge compare like with like
         pred_vis = np.where(vis[..., None], pred, bg)
-        visible.add(psnr=psnr(pred, gt_vis, vis), ssim=ssim_masked(pred, gt_vis, vis), lpips=lp(pred_vis, gt_vis))
+        visible.add(psnr=psnr(pred, gt_vis, vis), ssim=ssim_masked(pred_vis, gt_vis, vis), lpips=lp(pred_vis, gt_vis))
         if seq.has_gt:
             full = seq.gt_full_mask(name)
             hidden = full & ~vis
@@ -165,8 +170,9 @@ def compute_metrics(data_dir, model_path, body_model_path, cfg: MetricsConfig, o
             ious.append(float(((alpha > 0.5) & full).sum() / max(union.sum(), 1)))
             if hidden.any():
                 gt_full = composite(seq.gt_image(name), full)
+                pred_full = np.where(full[..., None], pred, bg)
                 coverage.append(float((alpha[hidden] > 0.5).mean()))
-                occluded.add(psnr=psnr(pred, gt_full, hidden), ssim=ssim_masked(pred, gt_full, hidden),
+                occluded.add(psnr=psnr(pred, gt_full, hidden), ssim=ssim_masked(pred_full, gt_full, hidden),
                              lpips=lp(np.where(hidden[..., None], pred, bg), np.where(hidden[..., None], gt_full, bg)))
 
     if seq.has_gt:
@@ -184,7 +190,11 @@ def compute_metrics(data_dir, model_path, body_model_path, cfg: MetricsConfig, o
     result = {
         "subject": subject, "variant": variant,
         "variant_description": (variant_config or {}).get("description", ""),
+        "role": role,
+        "iterations": saved.get("iteration"),
+        "training_frames": (variant_config or {}).get("training_frames", "input"),
         "methods": stage_methods(saved, stage_reports),
+        "body_params": body_source,
         "heldout_full_body": heldout.result(lpips_reason) if seq.has_gt else None,
         "occluded_region": occluded.result(lpips_reason) if seq.has_gt else None,
         "visible_train": visible.result(lpips_reason),
