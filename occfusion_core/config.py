@@ -273,12 +273,20 @@ class RefineConfig:
     """Rasterizer backend (see OptimizeConfig.backend)."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
-    lambda_l1: float = 2.0
-    """Weight of L1 against the input on body-box pixels outside the hidden region."""
+    l1_region: str = "visible"
+    """Pixels of the L1 (and SSIM) against the input: 'visible' (the observed person, as stage 1) or
+    'box' (released: the body box outside the hidden region, no SSIM)."""
+    lambda_l1: float = 1.0
+    """Weight of L1 against the input (released, with l1_region 'box': 2.0)."""
+    lambda_ssim: float = 0.1
+    """Weight of 1 - SSIM against the input on the L1's pixels (released: none)."""
     lambda_mask: float = 0.1
     """Weight of the squared alpha-vs-complete-mask loss in the body box."""
+    gen_region: str = "hidden"
+    """Pixels of the L1 against the stage-2 frame: 'hidden' (complete mask minus visible) or 'box'
+    (released: the whole body-box crop)."""
     lambda_gen_l1: float = 0.1
-    """Weight of L1 against the stage-2 inpainted frame in the body box (hidden pixels included)."""
+    """Weight of L1 against the stage-2 inpainted frame."""
     lambda_gen_lpips: float = 0.2
     """Weight of LPIPS-VGG against the stage-2 frame; used only where LPIPS can be computed."""
     checkpoint_every: int = 200
@@ -288,7 +296,8 @@ class RefineConfig:
     densify: DensifyConfig = field(default_factory=_refine_densify)
     """KL densification; iteration numbers count from the start of stage 3."""
     refine_body: bool = True
-    """Keep learning the per-frame body corrections of stage 1 (with stage 1's settings)."""
+    """Keep learning the per-frame body corrections of stage 1 (with stage 1's settings, at the rates
+    stage 1 ended with); false keeps them as stage 1 left them."""
 
 
 @dataclass

@@ -49,6 +49,9 @@ class TrainSchedule:
         sh_increase_every: raise the SH degree at global iterations that are multiples of it (+1).
         loss_scale: factor on the stage's loss and the body regularisers (not on guidance terms).
         body_start: first global iteration at which the body corrections learn.
+        body_progress: (start, end) of the body learning rates' decay over this stage, as progress in
+            [0, 1]: stage 1 decays from 0 to 1; stage 3 continues at the end rate (1, 1).
+        learn_body: whether the body corrections learn here (else they are used as they are).
     """
 
     first: int
@@ -60,6 +63,8 @@ class TrainSchedule:
     log_every: int
     loss_scale: float = 1.0
     body_start: int = 1
+    body_progress: tuple[float, float] = (0.0, 1.0)
+    learn_body: bool = True
 
 
 def build_optimizer(model, cfg: OptimizeConfig, body=None) -> torch.optim.Adam:
@@ -90,8 +95,9 @@ def train_gaussians(model, optimizer, frames: list, loss_fn: Callable, schedule:
     terms (a dict with 'total') on top, unscaled.
 
     Args:
-        body: :class:`~occfusion_core.body.refine.BodyRefinement` of these frames, refined with the
-            Gaussians (its groups must be in ``optimizer``), or None (the estimates as given).
+        body: :class:`~occfusion_core.body.refine.BodyRefinement` of these frames (its groups must be
+            in ``optimizer``): its refined parameters place every frame, and they learn with the
+            Gaussians when ``schedule.learn_body``; None: the estimates as given.
 
     Returns:
         (model, optimizer, history: list of logged rows, seconds spent, resumed_from global iteration)
@@ -151,8 +157,9 @@ def train_gaussians(model, optimizer, frames: list, loss_fn: Callable, schedule:
         local = it - schedule.first + 1  # 1-based iteration within this stage
         model.apply_position_lr(optimizer, it, schedule.lr)
         if body is not None:
-            BodyRefinement.apply_lr(optimizer, body_cfg, (it - schedule.first) / stage_length,
-                                    active=it >= schedule.body_start)
+            p0, p1 = schedule.body_progress
+            BodyRefinement.apply_lr(optimizer, body_cfg, p0 + (p1 - p0) * (it - schedule.first) / stage_length,
+                                    active=schedule.learn_body and it >= schedule.body_start)
         if it > 1 and (it - 1) % schedule.sh_increase_every == 0:
             model.oneup_sh_degree()
         frame = frames[sampler.next()]
@@ -163,7 +170,7 @@ def train_gaussians(model, optimizer, frames: list, loss_fn: Callable, schedule:
         if densifying:
             out.means2d.retain_grad()
         terms = loss_fn(out, frame, it)
-        if body is not None and it >= schedule.body_start:
+        if body is not None and schedule.learn_body and it >= schedule.body_start:
             for name, value in body.regularizer(body_cfg).items():
                 terms[name] = value
                 terms["total"] = terms["total"] + value
