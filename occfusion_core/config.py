@@ -314,10 +314,14 @@ class RenderConfig:
     """Frame rate of the mp4 files."""
     backend: str = "auto"
     """Rasterizer backend (see OptimizeConfig.backend)."""
+    device: str = "auto"
+    """'auto' (cuda when available), 'cpu' or 'cuda'."""
 
 
 @dataclass
 class MetricsConfig:
+    device: str = "auto"
+    """'auto' (cuda when available), 'cpu' or 'cuda'."""
     lpips: bool = True
     """Compute LPIPS-VGG where the lpips package and its weights are available (else null + reason)."""
     crop_to_body_box: bool = False

@@ -11,16 +11,16 @@ rule complete_masks:
         masks=directory("results/{subject}/{variant}/stage0/masks"),
         report="results/{subject}/{variant}/stage0/report.json",
     params:
-        cfg=lambda wc: stage_config("complete_masks", wc.variant),
+        cfg=lambda wc: device_config("complete_masks", wc.variant),
     log:
         "results/logs/complete_masks/{subject}.{variant}.log",
     benchmark:
         "results/benchmarks/complete_masks/{subject}.{variant}.tsv"
     conda:
         "../envs/segmentation.yaml"
-    threads: gpu_threads()
+    threads: gpu_stage_threads()
     resources:
-        gpu=1,
+        gpu=GPU,
         mem_mb=12000,
         runtime=60,
     script:

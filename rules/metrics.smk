@@ -11,7 +11,7 @@ rule metrics:
     output:
         metrics="results/{subject}/{variant}/metrics.json",
     params:
-        cfg=lambda wc: stage_config("metrics", wc.variant),
+        cfg=lambda wc: device_config("metrics", wc.variant),
         variant_config=lambda wc: VARIANTS[wc.variant],
         role=lambda wc: variant_role(wc.variant),
     log:
@@ -20,9 +20,9 @@ rule metrics:
         "results/benchmarks/metrics/{subject}.{variant}.tsv"
     conda:
         "../envs/core.yaml"
-    threads: gpu_threads()
+    threads: gpu_stage_threads()
     resources:
-        gpu=1,
+        gpu=GPU,
         mem_mb=4000,
         runtime=30,
     script:

@@ -12,7 +12,7 @@ rule optimize:
         model="results/{subject}/{variant}/stage1/model.pt",
         renders=directory("results/{subject}/{variant}/stage1/renders"),
     params:
-        cfg=lambda wc: stage_config("optimize", wc.variant),
+        cfg=lambda wc: device_config("optimize", wc.variant),
         checkpoints="results/{subject}/{variant}/stage1/checkpoints",
     log:
         "results/logs/optimize/{subject}.{variant}.log",
@@ -20,9 +20,9 @@ rule optimize:
         "results/benchmarks/optimize/{subject}.{variant}.tsv"
     conda:
         "../envs/diffusion.yaml"
-    threads: gpu_threads()
+    threads: gpu_stage_threads()
     resources:
-        gpu=1,
+        gpu=GPU,
         mem_mb=8000,
         runtime=120,
     script:

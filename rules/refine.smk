@@ -12,16 +12,16 @@ rule incontext_inpaint:
         frames=directory("results/{subject}/{variant}/stage2/inpainted"),
         report="results/{subject}/{variant}/stage2/report.json",
     params:
-        cfg=lambda wc: stage_config("incontext_inpaint", wc.variant),
+        cfg=lambda wc: device_config("incontext_inpaint", wc.variant),
     log:
         "results/logs/incontext_inpaint/{subject}.{variant}.log",
     benchmark:
         "results/benchmarks/incontext_inpaint/{subject}.{variant}.tsv"
     conda:
         "../envs/diffusion.yaml"
-    threads: gpu_threads()
+    threads: gpu_stage_threads()
     resources:
-        gpu=1,
+        gpu=GPU,
         mem_mb=12000,
         runtime=60,
     script:
@@ -40,7 +40,7 @@ rule refine:
         model="results/{subject}/{variant}/stage3/model.pt",
         renders=directory("results/{subject}/{variant}/stage3/renders"),
     params:
-        cfg=lambda wc: stage_config("refine", wc.variant),
+        cfg=lambda wc: device_config("refine", wc.variant),
         checkpoints="results/{subject}/{variant}/stage3/checkpoints",
     log:
         "results/logs/refine/{subject}.{variant}.log",
@@ -48,9 +48,9 @@ rule refine:
         "results/benchmarks/refine/{subject}.{variant}.tsv"
     conda:
         "../envs/diffusion.yaml"
-    threads: gpu_threads()
+    threads: gpu_stage_threads()
     resources:
-        gpu=1,
+        gpu=GPU,
         mem_mb=8000,
         runtime=120,
     script:

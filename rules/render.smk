@@ -10,16 +10,16 @@ rule render:
     output:
         renders=directory("results/{subject}/{variant}/renders"),
     params:
-        cfg=lambda wc: stage_config("render", wc.variant),
+        cfg=lambda wc: device_config("render", wc.variant),
     log:
         "results/logs/render/{subject}.{variant}.log",
     benchmark:
         "results/benchmarks/render/{subject}.{variant}.tsv"
     conda:
         "../envs/core.yaml"
-    threads: gpu_threads()
+    threads: gpu_stage_threads()
     resources:
-        gpu=1,
+        gpu=GPU,
         mem_mb=4000,
         runtime=30,
     script:

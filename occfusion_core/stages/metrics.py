@@ -102,7 +102,7 @@ def compute_metrics(data_dir, model_path, body_model_path, cfg: MetricsConfig, o
     from ..data.sequence import read_sequence
     from ..render.backends import resolve_backend
 
-    device = pick_device("auto")
+    device = pick_device(cfg.device)
     seq = read_sequence(data_dir)
     body = load_body_model(body_model_path).to(device)
     model, saved = load_trained_model(model_path, body, device)

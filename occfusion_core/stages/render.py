@@ -57,7 +57,7 @@ def render_all(data_dir, model_path, body_model_path, cfg: RenderConfig, out_dir
     from ..render.backends import resolve_backend
     from ..render.camera import Camera, look_at
 
-    device = pick_device("auto")
+    device = pick_device(cfg.device)
     seq = read_sequence(data_dir)
     body = load_body_model(body_model_path).to(device)
     model, saved = load_trained_model(model_path, body, device)
