@@ -229,6 +229,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
+        args.threads = args.threads[0]
         print(json.dumps(worker(args)))
         return
 

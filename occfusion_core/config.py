@@ -87,7 +87,9 @@ class SyntheticConfig:
     """Image height in pixels."""
     occlusion: str = "zju_band"
     """'zju_band' (central band of the person hidden in the first frames), 'object' (a textured box
-    moving in front of the person) or 'none'."""
+    moving in front of the person), 'person' (another person walking past in front) or 'none'."""
+    painted_figure: bool = False
+    """Paint a life-size figure of a person on the wall behind the subject (a detector's decoy)."""
     occluded_frames_fraction: float = 0.8
     """Fraction of frames, from the first, that carry the occlusion (ZJU-MoCap protocol: 0.8)."""
     band_width_fraction: float = 0.5

@@ -15,8 +15,8 @@ from occfusion_core.data.sequence import read_sequence, validate_sequence
 from occfusion_core.data.source_configs import FitConfig, SimulatedOcclusionConfig, VideoConfig
 from occfusion_core.data.sequence import FrameMeta, write_sequence
 from occfusion_core.data.video import (estimate_background, mask_box_heights, occlude_sequence, person_mask,
-                                       prepare_video, read_video_frames, scaled_size, simulate_occlusion,
-                                       video_intrinsics)
+                                       prepare_video, read_cropped_frames, read_video_frames, scaled_size,
+                                       simulate_occlusion, video_intrinsics)
 from occfusion_core.io import InputError, write_video
 from occfusion_core.render.camera import Camera
 
@@ -160,10 +160,10 @@ def test_occlude_sequence_moves_the_frames_to_gt(kind, proxy_body, tmp_path):
 
 @needs_mediapipe
 def test_video_without_a_person_fails_early_naming_the_frame(tiny_video, proxy_body, tmp_path):
-    cfg = VideoConfig(path=str(tiny_video), frame_stride=4)
-    with pytest.raises(InputError, match=r"no person found in video frame 0 \(t = 0.00 s\)"):
+    cfg = VideoConfig(path=str(tiny_video), frame_stride=4, on_missing_person="error")
+    with pytest.raises(InputError, match=r"not found in video frame 0 \(t = 0.00 s\): no person found"):
         prepare_video(tiny_video, tmp_path / "a", cfg, proxy_body)
-    cfg.on_missing_person = "drop"
+    cfg.on_missing_person = "drop"  # the default: every frame dropped, so nothing is left
     with pytest.raises(InputError, match="any sampled frame"):
         prepare_video(tiny_video, tmp_path / "b", cfg, proxy_body)
     assert not (tmp_path / "a" / "metadata.json").exists()
@@ -179,20 +179,35 @@ def test_taiji_clip_to_an_occluded_sequence(proxy_body, tmp_path):
     summary = prepare_video(TAIJI, out, cfg, proxy_body)
 
     report = validate_sequence(out)
-    assert report["frames"] == 4 and (report["width"], report["height"]) == (256, 144)
+    # the person-centric crop: one rectangle around the person's path (a 720 px tall person in a 1280x720
+    # frame: the square would not fit), scaled to 256 px wide
+    framing = seq_framing = read_sequence(out).info["framing"]
+    assert framing["mode"] == "fixed" and report["framing"] == seq_framing
+    x0, y0, x1, y1 = framing["crop_xyxy"]
+    assert (y0, y1) == (0.0, 720.0) and 700 < x1 - x0 < 1000  # the person's whole height
+    W, H = framing["output_size"]
+    assert report["frames"] == 4 and (report["width"], report["height"]) == (W, H) and W == 256 and 200 < H < 235
+    assert report["dropped_frames"] == []
     seq = read_sequence(out)
     assert seq.frames == ["00040", "00052", "00064", "00076"]
     assert seq.info["detector"] == DETECTOR and seq.info["source"] == "video"
-    assert "static" in seq.info["detector_mode"]  # 0.5 s apart
+    assert "region around the subject" in seq.info["detector_mode"]
+    assert seq.info["subject"]["rule"] == "largest" and seq.info["subject"]["video_frame"] == 40
     assert "heldout" in seq.info and seq.info["occlusion"] == "zju_band"
+    assert seq.info["fit"]["keypoints_from"] == "occluded frames"  # the default, as with a real occluder
     keypoints = json.loads((out / "keypoints.json").read_text())
     assert sorted(keypoints["frames"]) == seq.frames
     assert np.shape(keypoints["frames"]["00040"]["keypoints"]) == (33, 3)
+    # the intrinsics follow the crop: the principal point shifts by its corner, the focal length scales
+    K = seq.meta["00040"].K
+    s = 256 / (x1 - x0)
+    assert K[0, 2] == pytest.approx((640 - x0) * s, abs=0.01) and K[0, 0] == pytest.approx(K[1, 1])
 
-    # the originals are the ground truth; the first half of the frames carries the band
-    video = read_video_frames(TAIJI, 40, 12, 4, 256)
+    # the originals, cut and scaled like the frames, are the ground truth; the first half carries the band
+    originals = read_cropped_frames(TAIJI, [40, 52, 64, 76], [(x0, y0, x1, y1)] * 4, (W, H))
     for t, name in enumerate(seq.frames):
-        np.testing.assert_array_equal(seq.gt_image(name), video.images[t])
+        # (the crop in info.json is rounded to 0.01 px: a level or two of resampling difference)
+        assert np.abs(seq.gt_image(name).astype(int) - originals[t]).max() <= 3
         occluder = seq.gt_occluder_mask(name)
         assert occluder.any() == (t < 2)
         np.testing.assert_array_equal(seq.mask(name), seq.gt_full_mask(name) & ~occluder)
@@ -209,5 +224,5 @@ def test_taiji_clip_to_an_occluded_sequence(proxy_body, tmp_path):
     assert pelvis[2] < -1.0 and up[1] > 0.8, (pelvis, up)
     assert summary["reprojection_error_box_fraction_mean"] < 0.06
     uv, _ = seq.camera("00040").project(out_body.vertices[0])
-    cols, rows = uv[:, 0].long().clamp(0, 255).numpy(), uv[:, 1].long().clamp(0, 143).numpy()
+    cols, rows = uv[:, 0].long().clamp(0, W - 1).numpy(), uv[:, 1].long().clamp(0, H - 1).numpy()
     assert seq.gt_full_mask("00040")[rows, cols].mean() > 0.7

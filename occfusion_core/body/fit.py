@@ -61,6 +61,8 @@ def camera_w2c(pitch_deg: float = 0.0) -> np.ndarray:
 
 
 _HIP_LANDMARKS = (23, 24)
+MIN_KEYPOINTS_PER_FRAME = 4
+"""A frame with fewer usable keypoints than this is placed from its neighbours at the start of the fit."""
 
 INITIAL_BODY_POSE = np.zeros(72)
 """(72,) pose the fit starts from: elbows and knees slightly bent. From a straight limb, the twist that
@@ -331,7 +333,35 @@ def initial_guess(fk: JointsFK, keypoints: np.ndarray, weights: np.ndarray, K: n
         hip_mid_cam = centroid_cam - rel[vis].mean(0)
         hip_mid_world = R_wc.T @ hip_mid_cam
         trans[t] = hip_mid_world - pelvis - R_world[t] @ (hip_mid_rest - pelvis)
+    # frames with (almost) no keypoints, e.g. where an occluder hid the person from the detector: take
+    # their neighbours' placement (translation interpolated in time, orientation of the nearest frame)
+    seen = (weights > 0).sum(axis=1) >= MIN_KEYPOINTS_PER_FRAME
+    if seen.any() and not seen.all():
+        frames, known = np.arange(T), np.flatnonzero(seen)
+        for axis in range(3):
+            trans[~seen, axis] = np.interp(frames[~seen], known, trans[seen, axis])
+        nearest = known[np.abs(frames[~seen, None] - known[None]).argmin(axis=1)]
+        global_orient[~seen] = global_orient[nearest]
     return global_orient, trans
+
+
+def _interpolate_unseen(params: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """(T, 75) [axis-angle (72), translation (3)] with the rows of unseen frames replaced: rotations
+    slerped and translations interpolated linearly between the nearest seen frames before and after
+    (the nearest one's at the ends)."""
+    from scipy.spatial.transform import Rotation, Slerp
+
+    out = params.copy()
+    frames, known = np.arange(len(params)), np.flatnonzero(seen)
+    unseen = frames[~seen]
+    clipped = np.clip(unseen, known[0], known[-1])
+    for joint in range(24):
+        rotations = Rotation.from_rotvec(params[known, 3 * joint:3 * joint + 3])
+        out[unseen, 3 * joint:3 * joint + 3] = (Slerp(known, rotations)(clipped).as_rotvec() if len(known) > 1
+                                                 else rotations.as_rotvec()[np.zeros(len(unseen), int)])
+    for axis in range(72, 75):
+        out[unseen, axis] = np.interp(unseen, known, params[known, axis])
+    return out
 
 
 def fit_body(
@@ -497,6 +527,15 @@ def _fit_body(body, keypoints, visibility, K, world, cfg, box_height_px, init, f
         bar.close()
 
     with torch.no_grad():
+        seen = (usable > 0).sum(axis=1) >= MIN_KEYPOINTS_PER_FRAME
+        if seen.any() and not seen.all():
+            # frames no keypoint constrains (the detector found nobody behind an occluder): their pose
+            # drifted to the prior's rest pose; take it, and the placement, from the nearest frames
+            # that have keypoints, interpolated in time
+            filled = _interpolate_unseen(torch.cat([global_orient, body_pose, trans], 1).double().numpy(), seen)
+            global_orient.copy_(torch.as_tensor(filled[:, :3]))
+            body_pose.copy_(torch.as_tensor(filled[:, 3:72]))
+            trans.copy_(torch.as_tensor(filled[:, 72:]))
         poses = torch.cat([global_orient, body_pose], 1)
         joints45, _ = fk(poses, betas.expand(T, 10), trans)
         uv = project_points(lm_matrix @ joints45, Kt, w2c).double().numpy()

@@ -656,6 +656,8 @@ def validate_sequence(root: str | os.PathLike, check_gt: bool = True) -> dict:
         "width": w,
         "person_fraction": _fraction_stats(fractions),
         "source": info.get("source"),
+        "dropped_frames": info.get("dropped_frames", []),
+        "framing": info.get("framing"),
         "gt": None,
     }
     if gt_files or heldout:

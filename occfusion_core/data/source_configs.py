@@ -8,7 +8,7 @@ Plain dataclasses with a docstring per field, like :mod:`occfusion_core.config`;
 # No "from __future__ import annotations": field types stay classes, so config.from_dict recurses
 # into the nested dataclasses without a name table.
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 
 @dataclass
@@ -66,12 +66,48 @@ class SimulatedOcclusionConfig:
     band_fill: str = "background"
     """zju_band: what the band shows -- 'background' (the clip's background, estimated as the
     per-pixel median of the frames where no person covers the pixel), 'white' or 'black'."""
-    detect_on: str = "original"
-    """Video source only: run the detector (masks, keypoints for the fit) on the 'original' frames
-    (the body fit is then as good as without occlusion, like ZJU-MoCap's multi-view SMPL) or on the
-    'occluded' frames (what a user with a really occluded video would get)."""
+    detect_on: str = "occluded"
+    """Video source only: run the detector (masks, keypoints for the fit) on the 'occluded' frames
+    (what a user with a really occluded video would get; frames where it then finds nobody are
+    dropped) or on the 'original' ones (the body fit is then as good as without occlusion, like
+    ZJU-MoCap's multi-view SMPL: a benchmark that real users cannot have)."""
     seed: int = 0
     """object: random seed (crate travel direction, plank tones)."""
+
+
+@dataclass
+class TrackingConfig:
+    """How the subject is chosen and followed (``video.tracking``)."""
+
+    search_scales: list = field(default_factory=lambda: [2.0, 3.0, 4.5])
+    """Sides of the square search regions, in multiples of the predicted box's longer side, tried in
+    turn until a detection agrees with the track."""
+    region_size: int = 384
+    """Pixels of the square each search region is resampled to for the detector."""
+    min_box_iou: float = 0.4
+    """A detection agrees only if its box overlaps the predicted box at least this much ..."""
+    max_mask_growth: float = 1.4
+    """... its mask covers at most this many times the subject's usual area (a mask that spreads over
+    a second person grows; arms spreading hardly change it) ..."""
+    max_keypoint_motion: float = 0.5
+    """... its keypoints moved at most this many box heights (median over the keypoints seen in both
+    frames) since the last kept frame, per frame of gap ..."""
+    max_appearance_distance: float = 0.45
+    """... and the Hellinger distance between its colour histogram and the subject's is at most this
+    (0: identical colours, 1: no colour in common)."""
+    max_mask_outside_keypoints: float = 0.1
+    """... at most this share of its mask lies beyond the box of its keypoints (grown by 15% of its
+    size) ..."""
+    max_foreign_colours: float = 0.15
+    """... and at most this share of its mask is in colours the subject hardly shows (a patch of
+    someone else) ..."""
+    appearance_update: float = 0.1
+    """The subject's histogram follows a kept frame's by this fraction (slow lighting changes), when
+    that frame's distance is under two thirds of the limit (a frame with a little of someone else in it
+    must not teach the track their colours)."""
+    proposal_windows: list = field(default_factory=lambda: [0.6, 0.4])
+    """Sides (fractions of the frame's shorter side) of the overlapping windows searched for people
+    when choosing the subject, besides the whole frame."""
 
 
 @dataclass
@@ -87,8 +123,8 @@ class VideoConfig:
     max_frames: Optional[int] = None
     """At most this many frames (after the stride); None: to the end of the video."""
     max_side: Optional[int] = 512
-    """Downscale (never upscale) so that the longer image side is at most this many pixels; None keeps
-    the video's size."""
+    """Longer side of the frames written, in pixels, after the crop (a crop is resampled to exactly
+    this; without a crop the frame is only ever scaled down); None keeps the crop's own size."""
     intrinsics: Optional[list] = None
     """[fx, fy, cx, cy] in pixels of the original video (before max_side scaling); None: derived from
     fov_deg with the principal point at the image centre."""
@@ -99,19 +135,33 @@ class VideoConfig:
     """How far the camera looks down (degrees; negative: up). One view cannot tell the camera's tilt,
     so the world is built level with the camera unless this is given; world y is up either way, and
     an orbit render circles the person only when the tilt is right."""
-    detector_mode: str = "auto"
-    """MediaPipe running mode: 'video' (tracking and temporal smoothing; best for densely sampled
-    frames), 'static' (every frame detected on its own) or 'auto' (video when the sampled frames are at
-    most 0.25 s apart, else static)."""
+    person: Any = "largest"
+    """Who the subject is, chosen in the first frame where anyone is found: 'largest', 'center' (box
+    nearest the frame centre) or [x0, y0, x1, y1], a box in the video's pixels around them."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """How the subject is followed from frame to frame."""
+    track_max_side: Optional[int] = 960
+    """Longer side (pixels) of the frames the subject is tracked in; None: the video's size."""
+    crop: str = "person"
+    """'person': cut every frame to the person's region before scaling to max_side (one crop for a
+    static camera; one per frame when the camera moves or the person crosses the frame); 'none':
+    scale the whole frame."""
+    crop_margin: float = 0.15
+    """Margin added on every side of the person's region, as a fraction of its extent."""
     mask_threshold: float = 0.5
     """The person mask is MediaPipe's segmentation probability above this value."""
     min_component_fraction: float = 0.05
     """Mask blobs smaller than this fraction of the largest blob are dropped (stray detections)."""
-    on_missing_person: str = "error"
-    """A frame where no person is found: 'error' (stop, naming the frame) or 'drop' (skip it with a
-    warning; recorded in info.json)."""
+    on_missing_person: str = "drop"
+    """A frame where the subject is not found, or where the detection disagrees with the track:
+    'drop' (skip it with a warning; info.json and the data report say why, the overlay marks it) or
+    'error' (stop, naming the frame)."""
     fit: FitConfig = field(default_factory=FitConfig)
     """Body fitting settings."""
+    align_to_masks: bool = True
+    """After the keypoint fit, align the body to the visible masks too (and the keypoints again):
+    limbs the detector missed, behind an occluder or in motion blur, follow what the mask shows
+    (:mod:`occfusion_core.body.align`)."""
     occlusion: SimulatedOcclusionConfig = field(default_factory=SimulatedOcclusionConfig)
     """Simulated occlusion on the video's frames (kind 'none' keeps the clip as it is)."""
 

@@ -25,13 +25,13 @@ from occfusion_core import io
 from occfusion_core.config import SyntheticConfig, to_dict
 from occfusion_core.data.clothing import clothing_description, clothing_offsets, dress
 from occfusion_core.data.motion import ground_trans, walk_turn
-from occfusion_core.data.occlusion import apply_occlusion, moving_box_occluder, zju_band_masks
+from occfusion_core.data.occlusion import apply_occlusion, moving_box_occluder, occluded_frame_count, zju_band_masks
 from occfusion_core.data.texture import BodyTexture
 from occfusion_core.render.camera import Camera, intrinsics_from_fov, look_at, orbit_cameras
 from occfusion_core.render.mesh import pixel_ray_directions
 
 FPS = 15
-OCCLUSIONS = ("zju_band", "object", "none")
+OCCLUSIONS = ("zju_band", "object", "person", "none")
 BACKGROUNDS = ("studio", "white", "black")
 SHADING = 0.25
 """Lambertian shading strength of the body (0 = flat albedo)."""
@@ -169,6 +169,65 @@ def person_shape(betas_std: float, betas_noise: float, seed: int) -> tuple[np.nd
     return true, true + rng.normal(size=10) * betas_noise
 
 
+def other_person_passing(body_model, faces, camera: Camera, background_fine: np.ndarray, supersample: int,
+                         target: np.ndarray, floor_y: float, camera_distance: float, frames: int,
+                         fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A second person (other shape, other clothes) walking across the view, a metre in front of the
+    subject, during the first ``fraction`` of the frames: entering on one side, leaving on the other.
+
+    Returns:
+        (occluder masks (T, H, W) bool: the pixels the second person covers, their colours
+        (T, H, W, 3) float32).
+    """
+    from occfusion_core.data.texture import OTHER_PERSON_PALETTE
+
+    H, W = camera.height, camera.width
+    texture = BodyTexture.from_body_model(body_model, OTHER_PERSON_PALETTE)
+    n = occluded_frame_count(frames, fraction)
+    poses, trans = walk_turn(frames, turns=0.0, seed=seed + 7)
+    direction = 1.0 if np.random.default_rng([seed, 0xB1]).random() < 0.5 else -1.0
+    heading = Rotation.from_euler("y", 90.0 * direction, degrees=True)
+    poses[:, :3] = (heading * Rotation.from_rotvec(poses[:, :3])).as_rotvec()
+    betas = np.tile([1.2, 0.3, 0.6, 0.5, 0.0, 0.4, 0, 0, 0, 0], (frames, 1))
+    trans = ground_trans(body_model, poses, trans, floor_y, betas)
+    # across the field of view at the depth of its path (2/3 of the way from the camera)
+    depth = camera_distance * 2.0 / 3.0
+    half_width = 0.5 * depth * W / float(camera.K[0, 0]) + 0.5
+    masks = np.zeros((frames, H, W), dtype=bool)
+    rgb = np.zeros((frames, H, W, 3), dtype=np.float32)
+    with torch.no_grad():
+        for t in range(n):
+            progress = t / max(n - 1, 1)
+            offset = np.array([direction * (-half_width + 2 * half_width * progress), 0.0,
+                               camera_distance - depth])
+            moved = trans[t] + (target * np.array([1.0, 0.0, 1.0])) + offset
+            vertices = body_model.forward(torch.as_tensor(poses[t:t + 1], dtype=torch.float32),
+                                          torch.as_tensor(betas[t:t + 1], dtype=torch.float32),
+                                          torch.as_tensor(moved[None], dtype=torch.float32)).vertices[0]
+            image, mask, _ = render_person(texture, vertices, faces, camera, background_fine, supersample)
+            masks[t], rgb[t] = mask, image
+    return masks, rgb
+
+
+def painted_figure(body_model, faces, target: np.ndarray, floor_y: float, room_radius: float):
+    """A life-size figure painted on the studio wall behind the subject, a little to its side: a posed
+    body flattened onto the wall (no depth of its own), in its own colours. Returns (texture, (V, 3)
+    world vertices) to draw into every view's background."""
+    from occfusion_core.data.motion import novel_pose_motion
+    from occfusion_core.data.texture import MURAL_PALETTE
+
+    texture = BodyTexture.from_body_model(body_model, MURAL_PALETTE)
+    pose = novel_pose_motion("dance", 12)[6]
+    with torch.no_grad():
+        vertices = body_model.forward(torch.as_tensor(pose[None], dtype=torch.float32), torch.zeros(1, 10),
+                                      torch.zeros(1, 3)).vertices[0].double().numpy()
+    wall_z = float(target[2]) - room_radius * math.cos(math.radians(14.0)) + 0.05
+    vertices[:, 2] = wall_z + 0.01 * (vertices[:, 2] - vertices[:, 2].mean())
+    vertices[:, 0] += float(target[0]) + room_radius * math.sin(math.radians(14.0))
+    vertices[:, 1] += floor_y - vertices[:, 1].min() + 0.1
+    return texture, torch.as_tensor(vertices, dtype=torch.float32)
+
+
 def _frame_metadata(poses, betas, trans, camera: Camera) -> dict:
     return {
         "poses": [float(x) for x in poses],
@@ -294,8 +353,15 @@ def _generate(out: Path, cfg: SyntheticConfig, body_model) -> dict:
     heldout_cams = orbit_cameras(target, cfg.camera_distance, float(target[1]), azimuths, K, W, H)
     room_radius = max(4.5, cfg.camera_distance + 1.5)
 
+    mural = painted_figure(body_model, faces, target, floor_y, room_radius) if cfg.painted_figure else None
+
     def background(camera: Camera) -> np.ndarray:
-        return background_image(cfg.background, camera, floor_y, (target[0], target[2]), room_radius)
+        image = background_image(cfg.background, camera, floor_y, (target[0], target[2]), room_radius)
+        if mural is not None:  # painted on the wall: drawn into the background of every view
+            texture, vertices = mural
+            r = texture.render(vertices, faces, camera, shading=0.0)
+            image = np.where(r.mask.numpy()[..., None], r.rgb.numpy(), image).astype(np.float32)
+        return image
 
     S = cfg.supersample
     if S < 1:
@@ -313,7 +379,10 @@ def _generate(out: Path, cfg: SyntheticConfig, body_model) -> dict:
         gt_images[t], full_masks[t], person_depth[t] = rgb, mask, depth
 
     # Occlusion.
-    if cfg.occlusion == "zju_band":
+    if cfg.occlusion == "person":
+        occluder, fill = other_person_passing(body_model, faces, train_cam, train_bg_fine, S, target, floor_y,
+                                              cfg.camera_distance, T, cfg.occluded_frames_fraction, cfg.seed)
+    elif cfg.occlusion == "zju_band":
         occluder = zju_band_masks(full_masks, cfg.occluded_frames_fraction, cfg.band_width_fraction)
         fill = np.broadcast_to(train_bg, gt_images.shape)
     elif cfg.occlusion == "object":

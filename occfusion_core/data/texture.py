@@ -61,6 +61,20 @@ HAIR_BOUNDS = (0.62, 0.55, 0.15)
 """Hair on the head: relative height above (crown), or relative depth below (back) at a relative
 height above (nape); relative to the head's box on the template."""
 
+OTHER_PERSON_PALETTE = {
+    "shirt_a": (0.80, 0.22, 0.20), "shirt_b": (0.85, 0.80, 0.30), "logo": (0.15, 0.15, 0.15),
+    "yoke": (0.20, 0.45, 0.25), "trousers_a": (0.18, 0.22, 0.40), "trousers_b": (0.30, 0.35, 0.55),
+    "skin": (0.60, 0.42, 0.30), "hair": (0.05, 0.04, 0.03), "shoe": (0.15, 0.15, 0.18),
+}
+"""Colours of the second person of the synthetic scene (a red-and-yellow shirt, blue trousers)."""
+
+MURAL_PALETTE = {
+    "shirt_a": (0.25, 0.55, 0.30), "shirt_b": (0.30, 0.62, 0.36), "logo": (0.85, 0.85, 0.80),
+    "yoke": (0.25, 0.55, 0.30), "trousers_a": (0.45, 0.30, 0.20), "trousers_b": (0.50, 0.34, 0.24),
+    "skin": (0.90, 0.72, 0.60), "hair": (0.35, 0.20, 0.10), "shoe": (0.30, 0.20, 0.15),
+}
+"""Colours of the figure painted on the synthetic studio's wall."""
+
 DEFAULT_LIGHT = (0.3, 0.6, 0.75)
 """World direction towards the light (SMPL world: y up, the body faces +z at rest)."""
 
@@ -89,7 +103,9 @@ class BodyTexture:
         rest_joints: (24, 3) joints of the canonical body (zero pose, zero shape).
     """
 
-    def __init__(self, v_template: torch.Tensor, lbs_weights: torch.Tensor, rest_joints: torch.Tensor):
+    def __init__(self, v_template: torch.Tensor, lbs_weights: torch.Tensor, rest_joints: torch.Tensor,
+                 palette: dict | None = None):
+        self.colours = {**_COLOURS, **(palette or {})}
         self.v_template = torch.as_tensor(v_template, dtype=torch.float32)
         self.dominant_joint = torch.as_tensor(lbs_weights).argmax(dim=1)  # (V,)
         joints = torch.as_tensor(rest_joints, dtype=torch.float32)
@@ -108,11 +124,12 @@ class BodyTexture:
         self._vertex_attributes = torch.cat([self.v_template, one_hot], dim=1)
 
     @classmethod
-    def from_body_model(cls, body_model) -> "BodyTexture":
-        """Dress ``body_model`` (a :class:`occfusion_core.body.model.BodyModel` or the same interface)."""
+    def from_body_model(cls, body_model, palette: dict | None = None) -> "BodyTexture":
+        """Dress ``body_model`` (a :class:`occfusion_core.body.model.BodyModel` or the same interface),
+        optionally in other colours (``palette``: keys of the default colours, RGB in [0, 1])."""
         zeros = torch.zeros(1, 72)
         rest = body_model.forward(zeros, torch.zeros(1, 10), torch.zeros(1, 3))
-        return cls(body_model.v_template, body_model.lbs_weights, rest.joints[0])
+        return cls(body_model.v_template, body_model.lbs_weights, rest.joints[0], palette)
 
     def albedo(self, points: torch.Tensor, joint: torch.Tensor) -> torch.Tensor:
         """Clothing colour at canonical surface points.
@@ -128,7 +145,7 @@ class BodyTexture:
         x, y, z = points.unbind(-1)
         chest = self.rest_joints[_SPINE3].to(points.device)
         garment = JOINT_GARMENT.to(joint.device)[joint]
-        c = {k: torch.tensor(v, dtype=torch.float32, device=points.device) for k, v in _COLOURS.items()}
+        c = {k: torch.tensor(v, dtype=torch.float32, device=points.device) for k, v in self.colours.items()}
         out = torch.zeros_like(points)
 
         def paint(where: torch.Tensor, colour: torch.Tensor) -> None:

@@ -5,17 +5,25 @@ sequence folder of any source).
 
 Steps of :func:`prepare_video`:
 
-1. frames from the video through imageio-ffmpeg's bundled ffmpeg (start, stride, frame cap), scaled
-   down so the longer side is at most ``max_side`` pixels;
-2. MediaPipe Pose (``model_complexity=1``) per frame: 33 keypoints with visibility, 33 metric world
-   landmarks and a person probability map, thresholded into a mask (stray blobs dropped);
-3. the camera: the user's intrinsics (scaled with the frames) or a field-of-view default, and the
-   extrinsics of :func:`occfusion_core.body.fit.camera_w2c` (camera at the world origin, world y up,
-   level or pitched by ``camera_pitch_deg``);
-4. the body fit of :mod:`occfusion_core.body.fit` to all frames at once;
-5. optionally simulated occlusion, the original frames and masks going to ``gt/``;
-6. written as ``images/``, ``masks/``, ``metadata.json``, ``info.json`` (every method and setting,
-   fit residuals), ``keypoints.json`` (the detections) and ``gt/`` when occluded.
+1. frames from the video through imageio-ffmpeg's bundled ffmpeg (start, stride, frame cap), at a
+   tracking resolution (longer side ``track_max_side``);
+2. the subject chosen and followed (:mod:`occfusion_core.data.tracking`): MediaPipe Pose
+   (``model_complexity=1``) in a region around the subject, 33 keypoints with visibility, 33 metric
+   world landmarks and a person mask; frames where the subject is not found, or a detection does not
+   agree with the track, are dropped with the reason;
+3. person-centric framing (:mod:`occfusion_core.data.framing`): one crop around the person's whole
+   path (or one per frame for a moving camera or a person crossing the frame), cut from the
+   full-resolution frames and scaled so the longer side is ``max_side``;
+4. the camera: the user's intrinsics or a field-of-view default in the video's pixels, shifted and
+   scaled by each frame's crop, and the extrinsics of :func:`occfusion_core.body.fit.camera_w2c`
+   (camera at the world origin, world y up, level or pitched by ``camera_pitch_deg``);
+5. the body fit of :mod:`occfusion_core.body.fit` to all frames at once, in the video's pixels;
+6. optionally simulated occlusion, the original frames and masks going to ``gt/``; with
+   ``detect_on: occluded`` (the default) the detector and the fit see the occluded frames, as with a
+   really occluded video;
+7. written as ``images/``, ``masks/``, ``metadata.json``, ``info.json`` (every method and setting,
+   framing, dropped frames and why, fit residuals), ``keypoints.json`` (the detections, in the
+   frames' pixels), ``dropped/`` (the dropped frames, for the overlay) and ``gt/`` when occluded.
 """
 
 from __future__ import annotations
@@ -31,19 +39,17 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from occfusion_core import io
-from occfusion_core.data.keypoints import DETECTOR, LANDMARK_NAMES, Detection, PoseDetector
+from occfusion_core.data.keypoints import DETECTOR, LANDMARK_NAMES, PoseDetector
 from occfusion_core.data.occlusion import apply_occlusion, moving_box_occluder, zju_band_masks
 from occfusion_core.data.sequence import FrameMeta, write_gt_frame, write_sequence
 from occfusion_core.data.source_configs import SimulatedOcclusionConfig, VideoConfig
 from occfusion_core.io import InputError
+from occfusion_core.render.camera import Camera
 
 log = logging.getLogger(__name__)
 
 OCCLUSION_KINDS = ("none", "zju_band", "object")
 BAND_FILLS = ("background", "white", "black")
-DETECTOR_MODES = ("auto", "video", "static")
-VIDEO_MODE_MAX_GAP_S = 0.25
-"""'auto' uses MediaPipe's tracking mode when sampled frames are at most this far apart in time."""
 BACKGROUND_MAX_FRAMES = 50
 """The background median uses at most this many frames (evenly spaced)."""
 BACKGROUND_MARGIN_PX = 3
@@ -267,7 +273,8 @@ class SimulatedOcclusion:
 
 
 def simulate_occlusion(images: np.ndarray, full_masks: np.ndarray, cfg: SimulatedOcclusionConfig,
-                       camera=None, person_centers: np.ndarray | None = None) -> SimulatedOcclusion:
+                       camera=None, person_centers: np.ndarray | None = None,
+                       background: np.ndarray | None = None) -> SimulatedOcclusion:
     """Hide part of the person in real frames; the inputs are the ground truth.
 
     Args:
@@ -278,6 +285,8 @@ def simulate_occlusion(images: np.ndarray, full_masks: np.ndarray, cfg: Simulate
             :func:`occfusion_core.data.occlusion.moving_box_occluder`).
         camera: :class:`occfusion_core.render.camera.Camera` of the frames ('object' only).
         person_centers: (T, 3) world points the crate aims at, e.g. the fitted pelvis ('object' only).
+        background: (T, H, W, 3) uint8 background of every frame for ``band_fill: background`` (e.g.
+            estimated in the uncropped video and cut like each frame); None: estimated from ``images``.
 
     Raises:
         ValueError: unknown kind, missing camera for 'object', or an occluder hiding the whole person.
@@ -288,8 +297,12 @@ def simulate_occlusion(images: np.ndarray, full_masks: np.ndarray, cfg: Simulate
     summary: dict = {"kind": cfg.kind, "occluded_frames_fraction": cfg.occluded_frames_fraction}
     if cfg.kind == "zju_band":
         occluder = zju_band_masks(full_masks, cfg.occluded_frames_fraction, cfg.band_width_fraction)
-        fill, note = band_fill(cfg.band_fill, images, full_masks)
-        fills = np.broadcast_to(fill, images.shape)
+        if background is not None and cfg.band_fill == "background":
+            fills, note = np.asarray(background), {"band_fill": "background (per-pixel median of the uncropped "
+                                                                 "frames where the person does not cover the pixel)"}
+        else:
+            fill, note = band_fill(cfg.band_fill, images, full_masks)
+            fills = np.broadcast_to(fill, images.shape)
         summary.update(note, band_width_fraction=cfg.band_width_fraction,
                        rule="ZJU-MoCap/OccNeRF protocol: vertical band over the central part of the "
                             "person's horizontal extent, full image height, in the first frames")
@@ -373,23 +386,174 @@ def frame_name(video_index: int) -> str:
     return f"{video_index:05d}"
 
 
-def _detect(images: np.ndarray, video_mode: bool, cfg: VideoConfig, on_missing=None
-            ) -> tuple[list[Detection | None], list[np.ndarray | None]]:
-    """MediaPipe on every frame -> (detections, person masks); None where no person is found.
-    ``on_missing(i)`` is called at the first such frame (it may raise, to stop early)."""
-    detections, masks = [], []
-    with PoseDetector(video_mode=video_mode) as detector:
-        for i, image in enumerate(images):
-            det = detector(image)
-            mask = None if det is None else person_mask(det.segmentation, cfg.mask_threshold,
-                                                        cfg.min_component_fraction)
-            if det is None or not mask.any():
-                det, mask = None, None
-                if on_missing is not None:
-                    on_missing(i)
-            detections.append(det)
-            masks.append(mask)
-    return detections, masks
+def read_cropped_frames(path: str | os.PathLike, indices: list[int], regions: list, size: tuple[int, int]) -> np.ndarray:
+    """Decode the video again at full resolution and cut frame ``indices[k]`` to ``regions[k]``
+    (x0, y0, x1, y1 in original pixels; black past the frame's edge), resampled to ``size``
+    (width, height). Only the crops are kept in memory.
+
+    Returns:
+        (K, height, width, 3) uint8.
+    """
+    import imageio_ffmpeg
+    from PIL import Image
+
+    wanted = {int(i): k for k, i in enumerate(indices)}
+    out = np.zeros((len(indices), size[1], size[0], 3), dtype=np.uint8)
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    width, height = meta["size"]
+    if meta.get("rotate", 0) in (90, 270):
+        width, height = height, width
+    try:
+        for index, raw in enumerate(reader):
+            k = wanted.get(index)
+            if k is None:
+                if index > max(wanted):
+                    break
+                continue
+            frame = Image.fromarray(np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3))
+            x0, y0, x1, y1 = regions[k]
+            sx, sy = (x1 - x0) / size[0], (y1 - y0) / size[1]
+            # box-filter when shrinking a lot (LANCZOS on the crop), exact affine otherwise
+            if sx > 1.5 and x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height:
+                crop = frame.resize(size, Image.Resampling.LANCZOS, box=(x0, y0, x1, y1))
+            else:
+                crop = frame.transform(size, Image.Transform.AFFINE, (sx, 0.0, x0, 0.0, sy, y0),
+                                       resample=Image.Resampling.BICUBIC, fillcolor=(0, 0, 0))
+            out[k] = np.asarray(crop)
+    finally:
+        reader.close()
+    return out
+
+
+@dataclass
+class TrackedClip:
+    """The subject followed through the sampled frames (tracking resolution).
+
+    Attributes:
+        kept: positions (into the sampled frames) of the frames where the subject was found.
+        detections: the subject's detection in each kept frame.
+        dropped: [{"video_frame", "time_s", "reason"}] for every other frame.
+        chosen: how the subject was chosen (rule, frame, candidates).
+    """
+
+    kept: list[int]
+    detections: list
+    dropped: list[dict]
+    chosen: dict
+
+
+def track_subject(frames: np.ndarray, indices: np.ndarray, fps: float, cfg: VideoConfig, scale: float,
+                  video_path=None) -> TrackedClip:
+    """Choose the subject in the first frame where anyone is found, then follow it
+    (:mod:`occfusion_core.data.tracking`).
+
+    Args:
+        frames: (T, H, W, 3) uint8 sampled frames at tracking resolution.
+        indices: (T,) their video frame numbers.
+        scale: tracking pixels per original pixel (for a subject box given in original pixels).
+    """
+    from occfusion_core.data.tracking import SubjectTracker, choose_subject, proposals
+
+    kept, detections, dropped, chosen = [], [], [], {}
+    tracker = None
+
+    def drop(t: int, reason: str) -> None:
+        dropped.append({"video_frame": int(indices[t]), "time_s": round(float(indices[t]) / fps, 3),
+                        "reason": reason})
+        if cfg.on_missing_person == "error":  # fail at the first such frame, before tracking the rest
+            raise InputError(video_path, f"subject not found in video frame {int(indices[t])} "
+                                         f"(t = {float(indices[t]) / fps:.2f} s): {reason}; set "
+                                         "video.on_missing_person: drop to skip such frames")
+
+    with PoseDetector(video_mode=False) as detector:
+        for t, frame in enumerate(frames):
+            if tracker is None:
+                candidates = proposals(detector, frame, cfg.tracking)
+                subject = choose_subject(candidates, cfg.person, frame.shape[:2], scale)
+                if subject is None:
+                    drop(t, "no person found yet" if not candidates else
+                         f"none of the {len(candidates)} people found lies in video.person's box")
+                    continue
+                tracker = SubjectTracker(detector, cfg.tracking, frame, subject)
+                chosen = {"rule": cfg.person if isinstance(cfg.person, str) else [float(v) for v in cfg.person],
+                          "video_frame": int(indices[t]), "people_found": len(candidates),
+                          "box_xyxy": [round(v / scale, 1) for v in subject.box]}
+                kept.append(t)
+                detections.append(subject)
+                continue
+            step = tracker.step(frame)
+            if step.detection is None:
+                drop(t, step.status)
+            else:
+                kept.append(t)
+                detections.append(step.detection)
+    return TrackedClip(kept, detections, dropped, chosen)
+
+
+def _paste_into_frames(detections, regions, size, track_scale: float) -> np.ndarray:
+    """Each detection's mask drawn into its output frame (crop ``regions`` in original pixels,
+    output ``size`` (width, height)); detections live in tracking pixels."""
+    from occfusion_core.data.tracking import paste_mask
+
+    masks = np.zeros((len(detections), size[1], size[0]), dtype=bool)
+    for k, (det, region) in enumerate(zip(detections, regions)):
+        s = size[0] / (region[2] - region[0])  # output pixels per original pixel
+        masks[k] = paste_mask(det.mask, det.region, (size[1], size[0]),
+                              origin=(region[0] * track_scale, region[1] * track_scale), scale=s / track_scale)
+    return masks
+
+
+def _to_output(points: np.ndarray, region, size) -> np.ndarray:
+    """(..., 2) original pixels -> output pixels of the frame cut to ``region`` at ``size``."""
+    s = np.array([size[0] / (region[2] - region[0]), size[1] / (region[3] - region[1])])
+    return (points - np.array(region[:2])) * s
+
+
+def _background_per_frame(frames: np.ndarray, masks: np.ndarray, regions, size, track_scale: float) -> np.ndarray:
+    """The clip's background (estimated on the uncropped tracking frames) cut like each frame."""
+    from PIL import Image
+
+    background, _ = estimate_background(frames, masks)
+    image = Image.fromarray(background)
+    out = np.zeros((len(regions), size[1], size[0], 3), dtype=np.uint8)
+    for k, (x0, y0, x1, y1) in enumerate(regions):
+        box = tuple(v * track_scale for v in (x0, y0, x1, y1))
+        sx, sy = (box[2] - box[0]) / size[0], (box[3] - box[1]) / size[1]
+        out[k] = np.asarray(image.transform(size, Image.Transform.AFFINE, (sx, 0.0, box[0], 0.0, sy, box[1]),
+                                            resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0)))
+    return out
+
+
+def _redetect(images: np.ndarray, full_masks: np.ndarray, cfg: VideoConfig) -> list:
+    """Detect the subject again in every (occluded) output frame, in a region around its box (known
+    from the unoccluded frame, as a tracker's prediction would be); None where nobody is found, or
+    where the detection does not agree with that box (the detector then found a fragment of the
+    person, split by the occluder, and its keypoints would be nonsense)."""
+    from occfusion_core.data.tracking import box_iou, detect_in_region, square_around
+
+    found = []
+    with PoseDetector(video_mode=False) as detector:
+        for image, mask in zip(images, full_masks):
+            rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+            box = (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
+            det = detect_in_region(detector, image, square_around(box, cfg.tracking.search_scales[0]),
+                                   cfg.tracking.region_size, cfg.mask_threshold, cfg.min_component_fraction)
+            if det is not None and box_iou(_keypoint_box(det), box) < REDETECTION_MIN_IOU:
+                det = None
+            found.append(det)
+    return found
+
+
+REDETECTION_MIN_IOU = 0.5
+"""A detection on an occluded frame counts only if the box of its visible keypoints overlaps the
+subject's box this much."""
+
+
+def _keypoint_box(det) -> tuple[float, float, float, float]:
+    seen = det.visibility > 0.5
+    points = det.keypoints[seen] if seen.sum() >= 2 else det.keypoints
+    return (float(points[:, 0].min()), float(points[:, 1].min()), float(points[:, 0].max()), float(points[:, 1].max()))
 
 
 def prepare_video(video_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: VideoConfig, body_model) -> dict:
@@ -402,93 +566,122 @@ def prepare_video(video_path: str | os.PathLike, out_dir: str | os.PathLike, cfg
         body_model: :class:`~occfusion_core.body.model.BodyModel` to fit (proxy or SMPL).
 
     Returns:
-        Summary: frames, size, dropped frames, fit residuals, timings.
+        Summary: frames, size, dropped frames, framing, fit residuals, timings.
 
     Raises:
-        InputError: unreadable video, or (``on_missing_person: error``) a frame without a person,
-            naming the video frame and its time.
+        InputError: unreadable video, no person at all, or (``on_missing_person: error``) a frame
+            where the subject is not found, naming the video frame, its time and why.
     """
     from occfusion_core.body.fit import camera_w2c
-    from occfusion_core.render.camera import Camera
+    from occfusion_core.data.framing import background_motion, crop_intrinsics, plan_framing
 
-    if cfg.on_missing_person not in ("error", "drop"):
-        raise ValueError(f"video.on_missing_person: {cfg.on_missing_person!r} is not 'error' or 'drop'")
-    if cfg.detector_mode not in DETECTOR_MODES:
-        raise ValueError(f"video.detector_mode: {cfg.detector_mode!r} is not one of {', '.join(DETECTOR_MODES)}")
+    _check_video_config(cfg)
     occ = cfg.occlusion
-    if occ.kind not in OCCLUSION_KINDS:
-        raise ValueError(f"video.occlusion.kind: {occ.kind!r} is not one of {', '.join(OCCLUSION_KINDS)}")
-    if occ.detect_on not in ("original", "occluded"):
-        raise ValueError(f"video.occlusion.detect_on: {occ.detect_on!r} is not 'original' or 'occluded'")
     out = Path(out_dir)
     timings: dict[str, float] = {}
 
     start = time.time()
-    video = read_video_frames(video_path, cfg.start_frame, cfg.frame_stride, cfg.max_frames, cfg.max_side)
+    video = read_video_frames(video_path, cfg.start_frame, cfg.frame_stride, cfg.max_frames, cfg.track_max_side)
     timings["decode_s"] = time.time() - start
-    T0, H, W = video.images.shape[:3]
     fps = video.fps if video.fps > 0 else 30.0
     gap_s = cfg.frame_stride / fps
-    video_mode = cfg.detector_mode == "video" or (cfg.detector_mode == "auto" and gap_s <= VIDEO_MODE_MAX_GAP_S)
-
-    def stop_at_missing(i: int) -> None:
-        # fail at the first frame without a person, before detecting the rest
-        raise InputError(video_path, f"no person found in video frame {video.indices[i]} "
-                                     f"(t = {video.indices[i] / fps:.2f} s); set video.on_missing_person: "
-                                     "drop to skip such frames")
+    track_scale = video.scale[0]  # tracking pixels per original pixel
 
     start = time.time()
-    detections, masks = _detect(video.images, video_mode, cfg,
-                                stop_at_missing if cfg.on_missing_person == "error" else None)
-    timings["detect_s"] = time.time() - start
-    missing = [i for i, d in enumerate(detections) if d is None]
-    keep = [i for i in range(T0) if i not in set(missing)]
-    if not keep:
+    tracked = track_subject(video.images, video.indices, fps, cfg, track_scale, video_path)
+    timings["track_s"] = time.time() - start
+    for d in tracked.dropped:
+        log.warning("video frame %d (t = %.2f s) dropped: %s", d["video_frame"], d["time_s"], d["reason"])
+    if not tracked.kept:
         raise InputError(video_path, "no person found in any sampled frame")
-    dropped = [int(video.indices[i]) for i in missing]
-    for i in missing:
-        log.warning("video frame %d (t = %.2f s): no person found, frame dropped", video.indices[i],
-                    video.indices[i] / fps)
-    images = video.images[keep]
-    indices = video.indices[keep]
-    full_masks = np.stack([masks[i] for i in keep])
-    dets = [detections[i] for i in keep]
-    T = len(keep)
 
-    K, k_source = video_intrinsics(W, H, video.scale, cfg.intrinsics, cfg.fov_deg)
+    # where each frame is cut (original pixels), and the frames cut so
+    boxes = [tuple(v / track_scale for v in det.box) for det in tracked.detections]
+    track_boxes = [None] * len(video.images)
+    for t, det in zip(tracked.kept, tracked.detections):
+        track_boxes[t] = det.box
+    motion = background_motion(video.images, track_boxes)
+    framing = plan_framing(boxes, video.source_size, cfg.crop, cfg.max_side, cfg.crop_margin, motion)
+    indices = [int(video.indices[t]) for t in tracked.kept]
+    start = time.time()
+    images = read_cropped_frames(video_path, indices, framing.regions, framing.size)
+    timings["crop_s"] = time.time() - start
+    W, H = framing.size
+    full_masks = _paste_into_frames(tracked.detections, framing.regions, framing.size, track_scale)
+    T = len(indices)
+    names = [frame_name(i) for i in indices]
+
+    # camera: intrinsics in original pixels (the fit's), and per frame after its crop
+    K_source, k_source = video_intrinsics(*video.source_size, (1.0, 1.0), cfg.intrinsics, cfg.fov_deg)
+    Ks = [crop_intrinsics(K_source, region, framing.size) for region in framing.regions]
     w2c = camera_w2c(cfg.camera_pitch_deg)
-    camera = Camera(K, w2c, W, H)
+    keypoints = np.stack([det.keypoints / track_scale for det in tracked.detections])  # original pixels
+    visibility = np.stack([det.visibility for det in tracked.detections])
+    world = np.stack([det.world for det in tracked.detections])
+    fit_masks, fit_keypoints, fit_visibility, fit_world = full_masks, keypoints, visibility, world
 
-    occlusion = None
-    fit_dets, fit_masks = dets, full_masks
-    fit = None
-    if occ.kind == "none" or occ.kind == "object" or occ.detect_on == "original":
+    occlusion, fit = None, None
+    if occ.kind in ("none", "object") or occ.detect_on == "original":
         # the crate of 'object' aims at the fitted person, so this fit comes first
         start = time.time()
-        fit = _fit(body_model, dets, full_masks, K, w2c, cfg, gap_s)
+        fit = _fit(body_model, keypoints, visibility, world, full_masks, framing, K_source, w2c, cfg, gap_s)
         timings["fit_s"] = time.time() - start
     if occ.kind != "none":
         centers = _pelvis(body_model, fit) if occ.kind == "object" else None
-        occlusion = simulate_occlusion(images, full_masks, occ, camera, centers)
+        background = (_background_per_frame(video.images[tracked.kept], _paste_track_masks(tracked, video.images.shape[1:3]),
+                                             framing.regions, framing.size, track_scale)
+                      if occ.kind == "zju_band" and occ.band_fill == "background" else None)
+        camera = Camera(Ks[0], w2c, W, H) if framing.mode != "per_frame" else None
+        if occ.kind == "object" and camera is None:
+            raise ValueError("simulated occlusion 'object' needs one camera for the clip; use video.crop: none or "
+                             "a clip the fixed crop covers")
+        occlusion = simulate_occlusion(images, full_masks, occ, camera, centers, background=background)
+        fit_masks = occlusion.visible_masks
         if occ.detect_on == "occluded":
+            # what a user with a really occluded video gets: the detector's keypoints on the occluded
+            # frames; where it finds nobody the frame keeps no keypoints and the fit bridges it from its
+            # neighbours (temporal smoothness)
             start = time.time()
-            redetected, fit_masks = _detect(occlusion.images, video_mode, cfg)
+            found = _redetect(occlusion.images, full_masks, cfg)
             timings["detect_occluded_s"] = time.time() - start
-            lost = [int(indices[i]) for i, d in enumerate(redetected) if d is None]
+            lost = [indices[t] for t, d in enumerate(found) if d is None]
+            if len(lost) == len(found):
+                raise InputError(video_path, "with the simulated occlusion the detector finds nobody in any frame; "
+                                             "use occlusion.detect_on: original")
             if lost:
-                raise InputError(video_path, f"with the simulated occlusion no person is found in video "
-                                             f"frame(s) {lost[:8]}; use occlusion.detect_on: original")
-            fit_dets = redetected
-            fit_masks = np.stack(fit_masks)
+                log.warning("with the simulated occlusion the detector finds nobody in %d of %d frames (%s); "
+                            "their body comes from their neighbours", len(lost), len(found), lost[:8])
+            fit_keypoints = np.stack([np.zeros((33, 2)) if d is None else
+                                      _from_output(d.keypoints, framing.regions[t], framing.size)
+                                      for t, d in enumerate(found)])
+            fit_visibility = np.stack([np.zeros(33) if d is None else
+                                       d.visibility * on_mask(d.keypoints, fit_masks[t]) for t, d in enumerate(found)])
+            fit_world = np.stack([world[t] * 0 if d is None else d.world for t, d in enumerate(found)])
             start = time.time()
-            fit = _fit(body_model, fit_dets, full_masks, K, w2c, cfg, gap_s)
+            fit = _fit(body_model, fit_keypoints, fit_visibility, fit_world, fit_masks, framing, K_source, w2c, cfg,
+                       gap_s)
             timings["fit_occluded_s"] = time.time() - start
+            occlusion.summary["frames_without_detection"] = lost
 
-    names = [frame_name(int(i)) for i in indices]
-    visible_masks = fit_masks if occlusion is None else (
-        occlusion.visible_masks if occ.detect_on == "original" else fit_masks)
+    visible_masks = full_masks if occlusion is None else occlusion.visible_masks
     train_images = images if occlusion is None else occlusion.images
-    metas = [FrameMeta(fit.poses[t], fit.betas, fit.trans[t], K, w2c) for t in range(T)]
+    poses, betas, trans = fit.poses, np.tile(fit.betas, (T, 1)), fit.trans
+    alignment = None
+    if cfg.align_to_masks:
+        # the keypoint fit, aligned to the masks too (a frame whose keypoints the occluder hid gets its
+        # limbs from what the mask shows)
+        from occfusion_core.body.align import align_to_evidence
+        from occfusion_core.priors.configs import BodyAlignConfig
+
+        start = time.time()
+        out_keypoints = np.stack([_to_output(fit_keypoints[t], framing.regions[t], framing.size) for t in range(T)])
+        aligned = align_to_evidence(body_model, poses, betas, trans, [Camera(K, w2c, W, H) for K in Ks],
+                                    visible_masks, BodyAlignConfig(), keypoints=out_keypoints,
+                                    keypoint_visibility=fit_visibility)
+        poses, betas, trans, alignment = aligned.poses, aligned.betas, aligned.trans, aligned.summary
+        timings["align_s"] = time.time() - start
+    metas = [FrameMeta(poses[t], betas[t], trans[t], Ks[t], w2c) for t in range(T)]
+    dropped = sorted(tracked.dropped, key=lambda d: d["video_frame"])
 
     info = {
         "source": "video",
@@ -498,17 +691,19 @@ def prepare_video(video_path: str | os.PathLike, out_dir: str | os.PathLike, cfg
         "fps": fps / cfg.frame_stride,
         "video_fps": fps,
         "video_size": list(video.source_size),
-        "scale": list(video.scale),
-        "video_frames": [int(i) for i in indices],
+        "framing": framing.to_json(),
+        "video_frames": indices,
         "dropped_frames": dropped,
+        "subject": {**tracked.chosen, "tracking": asdict(cfg.tracking)},
         "detector": DETECTOR,
-        "detector_mode": ("video (tracking, temporal smoothing)" if video_mode
-                          else "static image (every frame on its own)") + f"; frames {gap_s:.3f} s apart",
+        "detector_mode": f"static image, in a square region around the subject, resampled to "
+                         f"{cfg.tracking.region_size} px; frames {gap_s:.3f} s apart",
         "masks": f"MediaPipe segmentation probability > {cfg.mask_threshold}, blobs under "
                  f"{cfg.min_component_fraction} of the largest dropped",
-        "camera": {"intrinsics": k_source, "K": K.tolist(), "w2c": w2c.tolist(),
+        "camera": {"intrinsics": k_source, "K_source": K_source.tolist(), "K": Ks[0].tolist(), "w2c": w2c.tolist(),
+                   "per_frame_intrinsics": framing.mode == "per_frame",
                    "convention": "camera at the world origin facing -z, world y up, OpenCV image axes; "
-                                 "units metres",
+                                 "units metres; K of each frame in metadata.json (the crop shifts and scales it)",
                    "pitch_deg": cfg.camera_pitch_deg,
                    "tilt": "given by the user" if cfg.camera_pitch_deg else "level camera assumed (one view "
                            "cannot tell its tilt; set video.camera_pitch_deg if it looks down)"},
@@ -516,7 +711,7 @@ def prepare_video(video_path: str | os.PathLike, out_dir: str | os.PathLike, cfg
         "fit": {"method": "SMPLify-style: robust 2D reprojection of the MediaPipe landmarks mapped onto the "
                           "body's joints45, MediaPipe world landmarks as a bone-direction prior, quadratic "
                           "pose prior with joint limits, shape prior, temporal smoothness; Adam in three "
-                          "stages (orientation + translation, + pose, + shape)",
+                          "stages (orientation + translation, + pose, + shape); in the video's own pixels",
                 "keypoints_from": "original frames" if occlusion is None or occ.detect_on == "original"
                 else "occluded frames",
                 "config": asdict(cfg.fit),
@@ -524,7 +719,8 @@ def prepare_video(video_path: str | os.PathLike, out_dir: str | os.PathLike, cfg
                 "residual_box_fraction_per_frame": {n: _round(v) for n, v in zip(names, fit.residual_fraction)},
                 "residual_px_per_landmark": {LANDMARK_NAMES[i]: _round(v) for i, v in enumerate(fit.landmark_error_px)
                                              if np.isfinite(v)},
-                "box": "bounding box of the person mask"},
+                "box": "bounding box of the person mask, in the video's pixels",
+                "aligned_to_masks": alignment or "no (video.align_to_masks: false)"},
         "occlusion": occ.kind,
         "occlusion_settings": occlusion.summary if occlusion is not None else None,
         "seed": occ.seed,
@@ -537,6 +733,7 @@ def prepare_video(video_path: str | os.PathLike, out_dir: str | os.PathLike, cfg
     if occlusion is not None:
         for t in range(T):
             write_gt_frame(out, names[t], images[t], full_masks[t], occlusion.occluder_masks[t])
+    _write_dropped_frames(out, video_path, dropped, framing)
     io.write_json(out / "keypoints.json", {
         "detector": DETECTOR,
         "landmarks": list(LANDMARK_NAMES),
@@ -547,25 +744,100 @@ def prepare_video(video_path: str | os.PathLike, out_dir: str | os.PathLike, cfg
                  "(x right, y down, z away from the camera)",
         "detected_on": info["fit"]["keypoints_from"],
         "dropped_frames": dropped,
-        "frames": {n: {"video_frame": int(i), **d.to_json()} for n, i, d in zip(names, indices, fit_dets)},
+        "frames": {n: {"video_frame": int(i), **_keypoints_json(_to_output(fit_keypoints[t], framing.regions[t],
+                                                                          framing.size), fit_visibility[t], fit_world[t])}
+                   for t, (n, i) in enumerate(zip(names, indices))},
     })
-    summary = {"frames": T, "width": W, "height": H, "dropped_frames": dropped, **fit.summary(),
-               "timings_s": info["timings_s"]}
+    summary = {"frames": T, "width": W, "height": H, "dropped_frames": dropped, "framing": framing.to_json(),
+               **fit.summary(), "timings_s": info["timings_s"]}
     summary.pop("stage_losses", None)
     return summary
+
+
+def on_mask(keypoints: np.ndarray, mask: np.ndarray, reach: float = 0.02) -> np.ndarray:
+    """(33,) 1.0 where a keypoint (pixels of ``mask``'s frame) lies on the person mask or within
+    ``reach`` (fraction of the mask's box height) of it, else 0.0: a keypoint off the visible person
+    was guessed, not seen (a detector places hidden joints with confidence all the same)."""
+    rows = np.nonzero(mask.any(1))[0]
+    if rows.size == 0:
+        return np.zeros(len(keypoints))
+    distance = ndi.distance_transform_edt(~mask)
+    H, W = mask.shape
+    cols = np.clip(keypoints[:, 0].astype(np.int64), 0, W - 1)
+    rws = np.clip(keypoints[:, 1].astype(np.int64), 0, H - 1)
+    inside = (keypoints[:, 0] >= 0) & (keypoints[:, 0] < W) & (keypoints[:, 1] >= 0) & (keypoints[:, 1] < H)
+    return (inside & (distance[rws, cols] <= max(1.0, reach * (rows[-1] - rows[0] + 1)))).astype(np.float64)
+
+
+def _check_video_config(cfg: VideoConfig) -> None:
+    from occfusion_core.data.framing import CROP_MODES
+
+    if cfg.on_missing_person not in ("error", "drop"):
+        raise ValueError(f"video.on_missing_person: {cfg.on_missing_person!r} is not 'error' or 'drop'")
+    if cfg.crop not in CROP_MODES:
+        raise ValueError(f"video.crop: {cfg.crop!r} is not one of {', '.join(CROP_MODES)}")
+    if not (cfg.person in ("largest", "center") or (isinstance(cfg.person, (list, tuple)) and len(cfg.person) == 4
+                                                      and cfg.person[2] > cfg.person[0] and cfg.person[3] > cfg.person[1])):
+        raise ValueError(f"video.person: {cfg.person!r} is not 'largest', 'center' or a box [x0, y0, x1, y1] "
+                         "with x1 > x0 and y1 > y0")
+    occ = cfg.occlusion
+    if occ.kind not in OCCLUSION_KINDS:
+        raise ValueError(f"video.occlusion.kind: {occ.kind!r} is not one of {', '.join(OCCLUSION_KINDS)}")
+    if occ.detect_on not in ("original", "occluded"):
+        raise ValueError(f"video.occlusion.detect_on: {occ.detect_on!r} is not 'original' or 'occluded'")
+
+
+def _paste_track_masks(tracked: TrackedClip, shape: tuple[int, int]) -> np.ndarray:
+    """The subject's masks in the kept tracking frames, (K, H, W) bool."""
+    from occfusion_core.data.tracking import paste_mask
+
+    return np.stack([paste_mask(d.mask, d.region, shape) for d in tracked.detections])
+
+
+def _paste_output_mask(detection, shape: tuple[int, int]) -> np.ndarray:
+    from occfusion_core.data.tracking import paste_mask
+
+    return paste_mask(detection.mask, detection.region, shape)
+
+
+def _from_output(points: np.ndarray, region, size) -> np.ndarray:
+    """(..., 2) output pixels of the frame cut to ``region`` at ``size`` -> original pixels."""
+    s = np.array([size[0] / (region[2] - region[0]), size[1] / (region[3] - region[1])])
+    return points / s + np.array(region[:2])
+
+
+def _keypoints_json(keypoints: np.ndarray, visibility: np.ndarray, world: np.ndarray) -> dict:
+    return {"keypoints": np.round(np.concatenate([keypoints, visibility[:, None]], 1), 3).tolist(),
+            "world": np.round(world, 4).tolist()}
+
+
+def _write_dropped_frames(out: Path, video_path, dropped: list[dict], framing) -> None:
+    """``dropped/<frame>.png`` for each dropped frame (cut like the kept frames, the last kept crop in
+    per-frame mode), so that the overlay can show them; their reasons are in info.json."""
+    if not dropped:
+        return
+    indices = [d["video_frame"] for d in dropped]
+    region = framing.regions[0] if framing.regions else None
+    if region is None:
+        return
+    images = read_cropped_frames(video_path, indices, [region] * len(indices), framing.size)
+    for d, image in zip(dropped, images):
+        io.write_image(out / "dropped" / f"{frame_name(d['video_frame'])}.png", image)
 
 
 def _round(v: float) -> float | None:
     return round(float(v), 4) if np.isfinite(v) else None
 
 
-def _fit(body_model, dets: list[Detection], full_masks: np.ndarray, K: np.ndarray, w2c: np.ndarray,
-         cfg: VideoConfig, frame_interval_s: float):
+def _fit(body_model, keypoints: np.ndarray, visibility: np.ndarray, world: np.ndarray, masks: np.ndarray, framing,
+         K: np.ndarray, w2c: np.ndarray, cfg: VideoConfig, frame_interval_s: float):
+    """The body fit in the video's own pixels (keypoints and K there); residuals are normalised by the
+    height of each frame's person mask, measured in output pixels and brought back to the video's."""
     from occfusion_core.body.fit import fit_body
 
-    heights = mask_box_heights(full_masks)
-    return fit_body(body_model, np.stack([d.keypoints for d in dets]), np.stack([d.visibility for d in dets]),
-                    K, np.stack([d.world for d in dets]), cfg.fit, box_height_px=heights,
+    per_pixel = np.array([(r[2] - r[0]) / framing.size[0] for r in framing.regions])  # video px per output px
+    heights = mask_box_heights(masks) * per_pixel
+    return fit_body(body_model, keypoints, visibility, K, world, cfg.fit, box_height_px=heights,
                     frame_interval_s=frame_interval_s, w2c=w2c)
 
 

@@ -50,22 +50,57 @@ def overlay_frame(image_u8: np.ndarray, vertices: torch.Tensor, faces: torch.Ten
     return out
 
 
+def mark_dropped(image_u8: np.ndarray, reason: str) -> np.ndarray:
+    """A dropped frame for the overlay video: greyed, a red border, and why it was dropped."""
+    from PIL import Image, ImageDraw
+
+    img = image_u8.astype(np.float32) / 255.0
+    grey = img.mean(-1, keepdims=True)
+    out = 0.35 * img + 0.35 * grey + 0.1
+    h, w = out.shape[:2]
+    border = max(2, min(h, w) // 40)
+    out[:border], out[-border:], out[:, :border], out[:, -border:] = (0.85, 0.1, 0.1), (0.85, 0.1, 0.1), \
+        (0.85, 0.1, 0.1), (0.85, 0.1, 0.1)
+    canvas = Image.fromarray((out * 255 + 0.5).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    words, lines = ("dropped: " + reason).split(), [""]
+    for word in words:  # wrap to the frame's width (the default bitmap font is ~6 px a character)
+        if len(lines[-1]) + len(word) + 1 > max(10, (w - 2 * border) // 6):
+            lines.append("")
+        lines[-1] = (lines[-1] + " " + word).strip()
+    for k, line in enumerate(lines[:6]):
+        draw.text((border + 3, border + 3 + 11 * k), line, fill=(255, 230, 230))
+    return np.asarray(canvas).astype(np.float32) / 255.0
+
+
 def draw_overlays(data_dir, body_model_path, out_dir, video_path, fps: int = 15) -> int:
-    """Write ``out_dir/<name>.png`` for every frame and an mp4 of them; returns the frame count."""
+    """Write ``out_dir/<name>.png`` for every frame and an mp4 of them, with the frames the source
+    dropped (``data/dropped/``, reasons in info.json) marked in their place; returns the frame count."""
     from ..body.model import load_body_model
     from ..data.sequence import read_sequence
+    from ..io import read_image
 
     seq = read_sequence(data_dir)
     body = load_body_model(body_model_path)
     params = seq.body_params()
     with torch.no_grad():
         verts = body(params["poses"], params["betas"], params["trans"]).vertices
+    dropped = {f"{int(d['video_frame']):05d}": d.get("reason", "")
+               for d in seq.info.get("dropped_frames", []) if isinstance(d, dict)}
+    index = {name: i for i, name in enumerate(seq.frames)}
     frames = []
     with atomic_dir(out_dir) as tmp:
-        for i, name in enumerate(seq.frames):
-            img = overlay_frame(seq.image(name), verts[i], body.faces, seq.camera(name), seq.mask(name))
+        for name in sorted(set(seq.frames) | set(dropped)):
+            if name in index:
+                i = index[name]
+                img = overlay_frame(seq.image(name), verts[i], body.faces, seq.camera(name), seq.mask(name))
+            else:
+                path = seq.root / "dropped" / f"{name}.png"
+                if not path.is_file():
+                    continue
+                img = mark_dropped(read_image(path), dropped[name])
             write_image(tmp / f"{name}.png", img)
             frames.append(img)
         write_video(video_path, frames, fps=fps)
-    log.info("overlay: %d frames", len(frames))
+    log.info("overlay: %d frames (%d dropped, marked)", len(frames), len(frames) - len(seq.frames))
     return len(frames)
