@@ -12,7 +12,7 @@ from torch import nn
 from occfusion_core.body.model import big_pose
 from occfusion_core.config import OptimizeConfig
 from occfusion_core.gaussians.human import SH_C0, HumanGaussians
-from occfusion_core.gaussians.knn import init_scales, knn, nearest_with_hint
+from occfusion_core.gaussians.knn import init_scales, knn
 from occfusion_core.gaussians.networks import BodyPoseRefiner, LBSOffsetDecoder, positional_encoding
 
 L_ELBOW, L_WRIST = 18, 20
@@ -107,19 +107,16 @@ def test_knn_exclude_self_and_init_scales():
     assert torch.allclose(scales, want[:, None].expand(200, 3), atol=1e-5)
 
 
-def test_nearest_with_hint_is_exact_for_any_hint():
-    gen = torch.Generator().manual_seed(2)
-    points = torch.rand(500, 3, generator=gen)
-    reach2, neighbours = knn(points, points, 8, exclude_self=True)
-    owner = torch.randint(0, 500, (400,), generator=gen)
-    query = points[owner] + torch.randn(400, 3, generator=gen) * torch.rand(400, 1, generator=gen) * 0.1
-    want = knn(query, points, 1)[1][:, 0]
-    for hint in (owner, want, torch.randint(0, 500, (400,), generator=gen)):
-        assert torch.equal(nearest_with_hint(query, points, hint, neighbours, reach2[:, -1]), want)
-
-
-# ------------------------------------------------------------------ networks
-
+def test_cached_nearest_vertex_stays_exact_as_gaussians_move(make_model):
+    """The nearest-vertex cache searches again only where a Gaussian moved past its margin, and its
+    answer is always the exact nearest vertex: small steps (most kept), large jumps (searched)."""
+    model = make_model()
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(model.cached_nearest_vertex(), model.nearest_vertex(model.xyz))
+    for step in (1e-4, 1e-3, 5e-3, 2e-2, 1e-4):
+        with torch.no_grad():
+            model.xyz.add_(step * torch.randn(model.xyz.shape, generator=gen))
+        assert torch.equal(model.cached_nearest_vertex(), model.nearest_vertex(model.xyz)), step
 
 def test_pose_refiner_starts_near_identity_and_layers():
     refiner = BodyPoseRefiner()
@@ -341,3 +338,19 @@ def test_capture_restore_round_trip_with_new_count(proxy_body, make_model):
     with pytest.raises(ValueError, match="does not fit"):
         make_model(pose_refiner=False).restore(captured)
     assert "v_template" not in captured["state_dict"]  # the body is not duplicated in checkpoints
+
+
+def test_knn_orders_close_points_exactly():
+    """Pairs of points 2e-4 apart, ~1.7 from their centre, each queried near one of the two: the
+    rounded matrix-product ranking alone swaps many pairs; the exact re-ranking must swap none."""
+    from occfusion_core.gaussians.knn import knn
+
+    gen = torch.Generator().manual_seed(3)
+    first = torch.randn(2000, 3, generator=gen)
+    direction = torch.nn.functional.normalize(torch.randn(2000, 3, generator=gen), dim=-1)
+    points = torch.cat([first, first + 2e-4 * direction])
+    query = first + 0.6e-4 * direction
+    dist2, idx = knn(query, points, 2)
+    assert torch.equal(idx[:, 0], torch.arange(2000))
+    assert torch.equal(idx[:, 1], torch.arange(2000) + 2000)
+    assert torch.all(dist2[:, 0] < dist2[:, 1])

@@ -23,7 +23,7 @@ from torch import nn
 
 from occfusion_core.body.model import big_pose
 from occfusion_core.config import OptimizeConfig
-from occfusion_core.gaussians.knn import init_scales, knn, nearest_with_hint
+from occfusion_core.gaussians.knn import init_scales, knn
 from occfusion_core.gaussians.networks import BodyPoseRefiner, LBSOffsetDecoder
 
 if TYPE_CHECKING:
@@ -34,8 +34,6 @@ SH_C0 = 0.28209479177387814
 
 CAPTURE_FORMAT = "occfusion.human_gaussians/1"
 
-NEAREST_SEARCH_NEIGHBOURS = 16
-"""Body-vertex neighbours kept per vertex for the hinted nearest-vertex search."""
 
 GAUSSIAN_GROUPS: dict[str, str] = {
     "xyz": "xyz",
@@ -72,6 +70,12 @@ def covariance_from(log_scales: torch.Tensor, quats: torch.Tensor) -> torch.Tens
     """Σ = R diag(s²) Rᵀ from (N, 3) log-scales and (N, 4) quaternions -> (N, 3, 3)."""
     rs = quaternion_to_matrix(quats) * torch.exp(log_scales)[..., None, :]  # R @ diag(s)
     return rs @ rs.transpose(-1, -2)
+
+
+def _fused_skinning_available() -> bool:
+    from occfusion_core.render.backends.cpp import is_available
+
+    return is_available()
 
 
 def _invert_3x3(mats: torch.Tensor) -> torch.Tensor:
@@ -151,13 +155,6 @@ class HumanGaussians(nn.Module):
         body_buffer("big_pose_vertices", vertices)  # (V, 3)
         body_buffer("big_pose_offsets", big_pose_offsets[0])  # (V, 3)
         body_buffer("big_pose_transforms", big_transforms[0])  # (J, 4, 4)
-        # For the nearest-vertex search of every deformation: each big-pose vertex's neighbours and
-        # the last result as the next call's hint (exact whatever the hint; see nearest_with_hint).
-        reach2, neighbours = knn(vertices, vertices, min(NEAREST_SEARCH_NEIGHBOURS, num_vertices - 1),
-                                 exclude_self=True)
-        self.register_buffer("vertex_neighbours", neighbours, persistent=False)  # (V, K)
-        body_buffer("vertex_reach2", reach2[:, -1])  # (V,)
-        self.register_buffer("nearest_hint", torch.arange(num_vertices, device=device), persistent=False)
 
         num_sh = (self.max_sh_degree + 1) ** 2
         n = num_vertices
@@ -222,16 +219,37 @@ class HumanGaussians(nn.Module):
     # ------------------------------------------------------------------ deformation
 
     @torch.no_grad()
-    def nearest_vertex(self, points: torch.Tensor, hint: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, 3) canonical points -> (N,) index of the nearest big-pose body vertex (exact).
+    def nearest_vertex(self, points: torch.Tensor) -> torch.Tensor:
+        """(N, 3) canonical points -> (N,) index of the nearest big-pose body vertex (exact; between
+        vertices at the very same distance, the one :meth:`cached_nearest_vertex` picks too)."""
+        return knn(points.detach(), self.big_pose_vertices, 2)[1][:, 0]
 
-        Args:
-            hint: (N,) long guesses that speed the search up when good (see ``nearest_with_hint``).
+    @torch.no_grad()
+    def cached_nearest_vertex(self) -> torch.Tensor:
+        """(N,) nearest big-pose body vertex of every Gaussian, searched again only for the Gaussians
+        that moved far enough to possibly change it.
+
+        With e the distance a Gaussian moved since its vertex was found, d1 and d2 its distances then
+        to the nearest and the second-nearest vertex, no other vertex can have come nearer while
+        e < (d2 - d1) / 2; only Gaussians past that margin are searched again (exactly), so the
+        answer is always the exact nearest vertex while a training step usually searches none.
         """
-        if hint is None:
-            return knn(points.detach(), self.big_pose_vertices, 1)[1][:, 0]
-        return nearest_with_hint(points.detach(), self.big_pose_vertices, hint, self.vertex_neighbours,
-                                 self.vertex_reach2)
+        xyz = self.xyz.detach()
+        cache = getattr(self, "_nearest_cache", None)
+        if cache is None or cache[0].shape != xyz.shape or cache[0].device != xyz.device:
+            stale = torch.ones(xyz.shape[0], dtype=torch.bool, device=xyz.device)
+            cache = (xyz.clone(), torch.zeros(xyz.shape[0], dtype=torch.long, device=xyz.device),
+                     torch.zeros(xyz.shape[0], dtype=xyz.dtype, device=xyz.device))
+        else:
+            stale = (xyz - cache[0]).norm(dim=-1) >= cache[2]
+        if bool(stale.any()):
+            snapshot, nearest, margin = cache
+            dist2, idx = knn(xyz[stale], self.big_pose_vertices, 2)
+            snapshot[stale] = xyz[stale]
+            nearest[stale] = idx[:, 0]
+            margin[stale] = 0.5 * (dist2[:, 1].sqrt() - dist2[:, 0].sqrt())
+            self._nearest_cache = (snapshot, nearest, margin)
+        return self._nearest_cache[1]
 
     def skinning_weights(self, nearest: torch.Tensor) -> torch.Tensor:
         """(N,) nearest-vertex indices -> (N, J) skinning weights of the current Gaussians.
@@ -273,7 +291,7 @@ class HumanGaussians(nn.Module):
         return value if batch is None else value.expand(batch, size)
 
     def deform(self, poses: torch.Tensor, betas: torch.Tensor | None = None,
-               trans: torch.Tensor | None = None) -> DeformedGaussians:
+               trans: torch.Tensor | None = None, fused: bool | None = None) -> DeformedGaussians:
         """Move the canonical Gaussians to a body pose in world space (reference §6.2).
 
         OcMotion convention: the global rotation is ``poses[:3]``, world = SMPL space + ``trans``.
@@ -282,6 +300,9 @@ class HumanGaussians(nn.Module):
             poses: (72,) or (B, 72) axis-angle per joint, root first.
             betas: (10,) or (B, 10) shape coefficients; None = mean shape.
             trans: (3,) or (B, 3) translation; None = zero.
+            fused: blend, transform and covariances in one compiled pass
+                (:func:`occfusion_core.render.backends.cpp.skin_gaussians`, held to this torch code by
+                tests/test_skin_cpu.py); None: where it can (one pose, on the CPU, the extension built).
 
         Returns:
             :class:`DeformedGaussians` with batch dims () for a (72,) pose, (B,) for (B, 72).
@@ -293,25 +314,19 @@ class HumanGaussians(nn.Module):
         betas = self._as_batch(torch.zeros(num_betas) if betas is None else betas, num_betas, batch)
         trans = self._as_batch(torch.zeros(3) if trans is None else trans, 3, batch)
 
-        # Last call's answer is the hint; after densification changed N there is none.
-        hint = self.nearest_hint if self.nearest_hint.shape[0] == self.num_gaussians else None
-        nearest = self.nearest_vertex(self.xyz, hint)  # (N,)
-        self.nearest_hint = nearest
+        nearest = self.cached_nearest_vertex()  # (N,)
         weights = self.skinning_weights(nearest)  # (N, J)
+        if fused is None:
+            fused = batch == 1 and self.xyz.device.type == "cpu" and _fused_skinning_available()
+        if fused:
+            return self._deform_fused(poses, betas, trans, nearest, weights, single)
 
-        # Big pose -> T pose with the inverse of the blended big-pose bone transform.
+        # Big pose -> T pose with the inverse of the blended big-pose bone transform, then the
+        # target pose (joint rotations, non-root ones corrected by the refiner) with its offsets.
         big = (weights @ self.big_pose_transforms.reshape(self.num_joints, 16)).reshape(-1, 4, 4)
         big_linear_inv = _invert_3x3(big[:, :3, :3])  # (N, 3, 3)
-        rest = (big_linear_inv @ (self.xyz - big[:, :3, 3])[..., None])[..., 0]
-        rest = rest - self.big_pose_offsets[nearest]
-
-        # Target pose: joint rotations, non-root ones corrected by the refiner.
-        rot_mats = batch_rodrigues(poses.reshape(-1, 3)).reshape(batch, self.num_joints, 3, 3)
-        if self.pose_refiner is not None:
-            corrections = self.pose_refiner(poses[:, 3:])  # (B, J-1, 3, 3)
-            rot_mats = torch.cat([rot_mats[:, :1], rot_mats[:, 1:] @ corrections], dim=1)
-        shape_offsets, pose_offsets, transforms = self._pose_body(rot_mats, betas)
-        rest = rest + shape_offsets[:, nearest] + pose_offsets[:, nearest]  # (B, N, 3)
+        transforms, offsets = self._target_pose(poses, betas, nearest)
+        rest = (big_linear_inv @ (self.xyz - big[:, :3, 3])[..., None])[..., 0] + offsets  # (B, N, 3)
 
         target = (weights @ transforms.reshape(batch, self.num_joints, 16)).reshape(batch, -1, 4, 4)
         means = (target[..., :3, :3] @ rest[..., None])[..., 0] + target[..., :3, 3] + trans[:, None]
@@ -319,6 +334,30 @@ class HumanGaussians(nn.Module):
         covars = linear @ self.canonical_covariances() @ linear.transpose(-1, -2)
         if single:
             means, covars, linear = means[0], covars[0], linear[0]
+        return DeformedGaussians(means=means, covars=covars, opacities=self.opacities(), sh=self.sh(),
+                                 sh_degree=self.active_sh_degree, transforms=linear)
+
+    def _target_pose(self, poses: torch.Tensor, betas: torch.Tensor, nearest: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target pose's bone transforms (B, J, 4, 4) and each Gaussian's blend-shape offset
+        minus the big pose's (B, N, 3)."""
+        batch = poses.shape[0]
+        rot_mats = batch_rodrigues(poses.reshape(-1, 3)).reshape(batch, self.num_joints, 3, 3)
+        if self.pose_refiner is not None:
+            corrections = self.pose_refiner(poses[:, 3:])  # (B, J-1, 3, 3)
+            rot_mats = torch.cat([rot_mats[:, :1], rot_mats[:, 1:] @ corrections], dim=1)
+        shape_offsets, pose_offsets, transforms = self._pose_body(rot_mats, betas)
+        offsets = shape_offsets[:, nearest] + pose_offsets[:, nearest] - self.big_pose_offsets[nearest]
+        return transforms, offsets
+
+    def _deform_fused(self, poses, betas, trans, nearest, weights, single: bool) -> DeformedGaussians:
+        from occfusion_core.render.backends.cpp import skin_gaussians
+
+        transforms, offsets = self._target_pose(poses, betas, nearest)
+        means, covars, linear = skin_gaussians(weights, self.big_pose_transforms, transforms[0], self.xyz, offsets[0],
+                                               trans[0], self.scaling, self.rotation)
+        if not single:
+            means, covars, linear = means[None], covars[None], linear[None]
         return DeformedGaussians(means=means, covars=covars, opacities=self.opacities(), sh=self.sh(),
                                  sh_degree=self.active_sh_degree, transforms=linear)
 

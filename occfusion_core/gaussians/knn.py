@@ -14,6 +14,9 @@ import torch
 DEFAULT_CHUNK_ELEMENTS = 1 << 22
 """Largest distance block computed at once (4M floats = 16 MiB)."""
 
+RERANK_EXTRA = 4
+"""Candidates beyond ``k`` re-ordered by exact distance (the matrix-product ranking is rounded)."""
+
 
 @torch.no_grad()
 def knn(query: torch.Tensor, points: torch.Tensor, k: int, *, exclude_self: bool = False,
@@ -29,8 +32,7 @@ def knn(query: torch.Tensor, points: torch.Tensor, k: int, *, exclude_self: bool
         chunk_elements: bound on the entries of one (chunk, N) distance block.
 
     Returns:
-        dist2: (M, k) squared Euclidean distances, recomputed from the coordinates (the ranking
-            uses a matrix-product form that loses precision for close points).
+        dist2: (M, k) squared Euclidean distances, computed from the coordinates.
         idx: (M, k) long indices into ``points``.
     """
     if query.ndim != 2 or points.ndim != 2 or query.shape[-1] != points.shape[-1]:
@@ -41,24 +43,26 @@ def knn(query: torch.Tensor, points: torch.Tensor, k: int, *, exclude_self: bool
     if not 1 <= k <= n_avail:
         raise ValueError(f"k={k} but only {n_avail} candidate neighbours")
     m = query.shape[0]
+    # The ranking below is rounded, so take a few more candidates than asked and order those by
+    # their exact distances: float32 cannot tell 1e-4 from 2e-4 apart next to ‖p‖² ~ 0.5.
+    candidates = min(n_avail, k + RERANK_EXTRA)
     rows_per_chunk = max(1, chunk_elements // max(1, points.shape[0]))
     # Rank by ‖p‖² − 2 q·p (= ‖q − p‖² − ‖q‖², same order per row): one matrix product, no sqrt.
-    # Centring on the points keeps ‖p‖² small, so float32 rounding cannot swap distinct neighbours.
+    # Centring on the points keeps ‖p‖² small.
     centre = points.mean(dim=0)
     points_c, query_c = points - centre, query - centre
     sq_norms = points_c.square().sum(-1)[None]  # (1, N)
-    idx = torch.empty((m, k), dtype=torch.long, device=query.device)
+    idx = torch.empty((m, candidates), dtype=torch.long, device=query.device)
     for start in range(0, m, rows_per_chunk):
         stop = min(m, start + rows_per_chunk)
         score = torch.addmm(sq_norms, query_c[start:stop], points_c.T, alpha=-2.0)
         if exclude_self:
             rows = torch.arange(stop - start, device=query.device)
             score[rows, rows + start] = float("inf")
-        if k == 1:  # argmin is several times cheaper than topk
-            idx[start:stop, 0] = score.argmin(dim=1)
-        else:
-            idx[start:stop] = torch.topk(score, k, dim=1, largest=False, sorted=True).indices
+        idx[start:stop] = torch.topk(score, candidates, dim=1, largest=False, sorted=True).indices
     dist2 = (query[:, None, :] - points[idx]).square().sum(-1)
+    dist2, order = torch.sort(dist2, dim=1, stable=True)
+    dist2, idx = dist2[:, :k], torch.gather(idx, 1, order[:, :k])
     return dist2, idx
 
 
@@ -79,35 +83,3 @@ def init_scales(points: torch.Tensor, num_neighbours: int = 3, min_dist2: float 
     dist2, _ = knn(points, points, k, exclude_self=True)
     mean_dist2 = dist2.mean(dim=1).clamp_min(min_dist2)
     return torch.log(torch.sqrt(mean_dist2))[:, None].repeat(1, 3)
-
-
-@torch.no_grad()
-def nearest_with_hint(query: torch.Tensor, points: torch.Tensor, hint: torch.Tensor,
-                      neighbours: torch.Tensor, reach2: torch.Tensor) -> torch.Tensor:
-    """Exact nearest point of each query, searching only near a hinted point where that is enough.
-
-    With r = distance from the query to its hint h: the nearest point lies within r of the query,
-    so within 2r of h. When 2r < reach(h) (distance from h to its K-th nearest other point) it is
-    h or one of h's K neighbours. Queries failing that test fall back to the full search, so any
-    hint (stale, random) gives the exact answer; a good hint (last call's result for points that
-    moved a little) makes the search O(K) per query.
-
-    Args:
-        query: (M, 3) query points.
-        points: (N, 3) reference points.
-        hint: (M,) long, a guess of each query's nearest point.
-        neighbours: (N, K) long, each point's K nearest other points (``knn(points, points, K,
-            exclude_self=True)``).
-        reach2: (N,) squared distance from each point to its K-th neighbour.
-
-    Returns:
-        (M,) long index of the nearest point.
-    """
-    r2 = (query - points[hint]).square().sum(-1)
-    candidates = torch.cat([hint[:, None], neighbours[hint]], dim=1)  # (M, K + 1)
-    cand_dist2 = (query[:, None, :] - points[candidates]).square().sum(-1)
-    nearest = candidates.gather(1, cand_dist2.argmin(dim=1, keepdim=True))[:, 0]
-    unsure = 4.0 * r2 >= reach2[hint]
-    if bool(unsure.any()):
-        nearest[unsure] = knn(query[unsure], points, 1)[1][:, 0]
-    return nearest

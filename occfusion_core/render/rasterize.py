@@ -15,7 +15,7 @@ import torch
 from .backends import get_backend
 from .camera import Camera
 from .projection import project_gaussians, quat_scale_to_covar
-from .sh import MAX_SH_DEGREE, sh_to_rgb
+from .sh import MAX_SH_DEGREE, sh_to_rgb, view_directions
 
 
 @dataclass
@@ -94,6 +94,50 @@ def rasterize_to_pixels(
     if chosen.kind != "pixel":
         raise ValueError(f"backend {chosen.name!r} renders whole scenes only; use rasterize()")
     return chosen.fn(means2d, conics, colors, opacities, depths, radii, int(width), int(height))
+
+
+def rasterize_with_sh(
+    means: torch.Tensor,
+    opacities: torch.Tensor,
+    camera: Camera,
+    covars: torch.Tensor,
+    sh: torch.Tensor,
+    sh_degree: int,
+    *,
+    view_transforms: torch.Tensor | None = None,
+    background: torch.Tensor | None = None,
+    backend: str = "torch",
+    eps2d: float = 0.3,
+    near: float = 0.01,
+    far: float = 1e10,
+) -> RenderOutput:
+    """Render Gaussians with SH colours seen along constant viewing directions (the training renders).
+
+    The colours are :func:`~.sh.sh_to_rgb` of :func:`~.sh.view_directions` (camera centre -> mean,
+    turned by the inverse of ``view_transforms`` when given; no gradient flows through them), then
+    :func:`rasterize`. With the compiled CPU backend the projection and the colours run as one
+    compiled pass (:func:`occfusion_core.render.backends.cpp.project_and_shade`), held to this torch
+    path by tests/test_project_cpu.py.
+
+    Args:
+        means (N, 3), opacities (N,), covars (N, 3, 3), sh (N, K, 3); view_transforms (N, 3, 3) or None.
+    """
+    chosen = get_backend(backend, device=means.device)
+    if chosen.name == "cpp" and means.device.type == "cpu":
+        from .backends.cpp import project_and_shade
+
+        means2d, conics, depths, radii, colors = project_and_shade(
+            means, covars, sh, int(sh_degree), camera.to(means.device, means.dtype), view_transforms, eps2d, near, far)
+        features = torch.cat([colors, depths[:, None]], dim=1)
+        image, alpha = chosen.fn(means2d, conics, features, opacities, depths, radii, camera.width, camera.height)
+        rgb, depth = image[..., :3], image[..., 3:]
+        if background is not None:
+            rgb = rgb + (1.0 - alpha) * background
+        return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, means2d=means2d, radii=radii,
+                            visible=(radii > 0).all(dim=-1))
+    colors = sh_to_rgb(int(sh_degree), sh, view_directions(means, camera.center, view_transforms))
+    return rasterize(means, opacities, camera, covars=covars, colors=colors, background=background,
+                     backend=backend, eps2d=eps2d, near=near, far=far)
 
 
 def _check_tensor(name: str, tensor: torch.Tensor, shape: tuple, reference: torch.Tensor) -> None:

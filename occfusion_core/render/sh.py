@@ -89,3 +89,17 @@ def eval_sh(degree: int, sh: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
 def sh_to_rgb(degree: int, sh: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
     """(N, K, 3) coefficients, (N, 3) directions -> (N, 3) colours: eval + 0.5, clamped at 0."""
     return torch.clamp_min(eval_sh(degree, sh, dirs) + 0.5, 0.0)
+
+
+def view_directions(means: torch.Tensor, center: torch.Tensor, transforms: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, 3) unit directions from the camera centre to each mean, constants for autograd.
+
+    Args:
+        means: (N, 3) world-space means; center: (3,) camera centre.
+        transforms: (N, 3, 3) linear maps whose inverses turn each direction into the Gaussian's own
+            frame (its canonical frame, for a skinned Gaussian), or None (world directions).
+    """
+    dirs = means.detach() - center.to(means)
+    if transforms is not None:
+        dirs = torch.linalg.solve(transforms.detach(), dirs[..., None])[..., 0]
+    return dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)

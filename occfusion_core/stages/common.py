@@ -187,12 +187,17 @@ def view_directions(deformed, camera, view_frame: str = "canonical") -> torch.Te
     frame through the inverse of its skinning transform, so the SH sees the body-relative view
     (and, with camera and light fixed in the world, the body-relative light).
     """
-    dirs = deformed.means.detach() - camera.center.to(deformed.means)
+    from ..render.sh import view_directions as directions
+
+    return directions(deformed.means, camera.center, _view_transforms(deformed, view_frame))
+
+
+def _view_transforms(deformed, view_frame: str):
     if view_frame == "canonical":
-        dirs = torch.linalg.solve(deformed.transforms.detach(), dirs[..., None])[..., 0]
-    elif view_frame != "world":
+        return deformed.transforms
+    if view_frame != "world":
         raise ValueError(f"view_frame must be 'canonical' or 'world', got {view_frame!r}")
-    return dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return None
 
 
 def render_gaussians(deformed, camera, background, backend: str, view_frame: str = "canonical"):
@@ -201,9 +206,8 @@ def render_gaussians(deformed, camera, background, backend: str, view_frame: str
     Returns:
         :class:`occfusion_core.render.rasterize.RenderOutput`.
     """
-    from ..render.rasterize import rasterize
-    from ..render.sh import sh_to_rgb
+    from ..render.rasterize import rasterize_with_sh
 
-    colors = sh_to_rgb(deformed.sh_degree, deformed.sh, view_directions(deformed, camera, view_frame))
-    return rasterize(deformed.means, deformed.opacities, camera, covars=deformed.covars, colors=colors,
-                     background=background, backend=backend)
+    return rasterize_with_sh(deformed.means, deformed.opacities, camera, deformed.covars, deformed.sh,
+                             deformed.sh_degree, view_transforms=_view_transforms(deformed, view_frame),
+                             background=background, backend=backend)

@@ -32,7 +32,10 @@ import torch
 log = logging.getLogger(__name__)
 
 EXTENSION_NAME = "occfusion_rasterize_cpu"
-SOURCE = Path(__file__).resolve().parent / "csrc" / "rasterize_cpu.cpp"  # includes csrc/tile_kernels.h
+CSRC = Path(__file__).resolve().parent / "csrc"
+SOURCE = CSRC / "rasterize_cpu.cpp"  # includes csrc/tile_kernels.h
+SOURCES = [SOURCE, CSRC / "project_cpu.cpp", CSRC / "skin_cpu.cpp"]
+"""The extension's sources: the tile rasterizer, the fused projection + SH colours, the fused skinning."""
 # No -march=native: the build must run on any x86-64 host that shares the cache folder (the source
 # carries an AVX2 variant of its hot loops, picked at run time). No -ffast-math: it would change the
 # skip/stop comparisons that the semantics define exactly. -ffp-contract=off: no fused multiply-adds,
@@ -88,7 +91,7 @@ def load_extension(verbose: bool = False) -> None:
             build_dir.mkdir(parents=True, exist_ok=True)
             load(
                 name=EXTENSION_NAME,
-                sources=[str(SOURCE)],
+                sources=[str(p) for p in SOURCES],
                 extra_cflags=CXX_FLAGS,
                 extra_ldflags=LD_FLAGS,
                 build_directory=str(build_dir),
@@ -137,6 +140,95 @@ class RasterizeToPixelsCpp(torch.autograd.Function):
         grad_means2d, grad_conics, grad_colors, grad_opacities = torch.ops.occfusion_cpu.rasterize_backward(
             *saved, grad_image.contiguous(), grad_alpha.contiguous())
         return grad_means2d, grad_conics, grad_colors, grad_opacities, None, None, None, None
+
+
+class ProjectShadeCpp(torch.autograd.Function):
+    """Autograd wrapper around ``torch.ops.occfusion_cpu.project_forward/backward``."""
+
+    @staticmethod
+    def forward(ctx, means, covars, sh, transforms, sh_degree, K, w2c, width, height, eps2d, near, far):
+        load_extension()
+        args = (int(sh_degree), K, w2c, int(width), int(height), float(eps2d), float(near), float(far))
+        means2d, conics, depths, radii, colors = torch.ops.occfusion_cpu.project_forward(
+            means, covars, sh, transforms, *args)
+        ctx.save_for_backward(means, covars, sh, transforms, colors)
+        ctx.args = args
+        ctx.mark_non_differentiable(radii)
+        return means2d, conics, depths, radii, colors
+
+    @staticmethod
+    def backward(ctx, grad_means2d, grad_conics, grad_depths, _grad_radii, grad_colors):
+        means, covars, sh, transforms, colors = ctx.saved_tensors
+        grads = [torch.zeros_like(t) if g is None else g.contiguous()
+                 for g, t in ((grad_means2d, colors[:, :2]), (grad_conics, colors), (grad_depths, colors[:, 0]),
+                              (grad_colors, colors))]
+        g_means, g_covars, g_sh = torch.ops.occfusion_cpu.project_backward(means, covars, sh, transforms, *ctx.args,
+                                                                          colors, *grads)
+        return g_means, g_covars, g_sh, None, None, None, None, None, None, None, None, None
+
+
+def project_and_shade(means: torch.Tensor, covars: torch.Tensor, sh: torch.Tensor, sh_degree: int, camera,
+                      transforms: torch.Tensor | None = None, eps2d: float = 0.3, near: float = 0.01,
+                      far: float = 1e10) -> tuple[torch.Tensor, ...]:
+    """Projection and SH colours of 3D Gaussians in one compiled pass (``csrc/project_cpu.cpp``).
+
+    The same maths as :func:`occfusion_core.render.projection.project_gaussians` followed by
+    :func:`occfusion_core.render.sh.sh_to_rgb` of :func:`occfusion_core.render.sh.view_directions`
+    (constant directions: no gradient flows through them).
+
+    Args:
+        means: (N, 3); covars: (N, 3, 3); sh: (N, K, 3), one dtype (float32/64), CPU.
+        transforms: (N, 3, 3) whose inverses turn each viewing direction, or None.
+
+    Returns:
+        means2d (N, 2), conics (N, 3), depths (N,), radii (N, 2) int32, colors (N, 3).
+    """
+    empty = means.new_zeros(0)
+    return ProjectShadeCpp.apply(means.contiguous(), covars.contiguous(), sh.contiguous(),
+                                 empty if transforms is None else transforms.detach().contiguous(), sh_degree,
+                                 camera.K.detach().cpu(), camera.w2c.detach().cpu(), camera.width, camera.height,
+                                 eps2d, near, far)
+
+
+class SkinCpp(torch.autograd.Function):
+    """Autograd wrapper around ``torch.ops.occfusion_cpu.skin_forward/backward``."""
+
+    @staticmethod
+    def forward(ctx, weights, big, target, xyz, offsets, trans, log_scales, quats):
+        load_extension()
+        inputs = (weights, big, target, xyz, offsets, trans, log_scales, quats)
+        means, covars, linear = torch.ops.occfusion_cpu.skin_forward(*inputs)
+        ctx.save_for_backward(*inputs)
+        return means, covars, linear
+
+    @staticmethod
+    def backward(ctx, grad_means, grad_covars, grad_linear):
+        inputs = ctx.saved_tensors
+        xyz = inputs[3]
+        grads = [torch.zeros(shape, dtype=xyz.dtype) if g is None else g.contiguous()
+                 for g, shape in ((grad_means, (xyz.shape[0], 3)), (grad_covars, (xyz.shape[0], 3, 3)),
+                                  (grad_linear, (xyz.shape[0], 3, 3)))]
+        g_w, g_target, g_x, g_d, g_t, g_s, g_q = torch.ops.occfusion_cpu.skin_backward(*inputs, *grads)
+        return g_w, None, g_target, g_x, g_d, g_t, g_s, g_q
+
+
+def skin_gaussians(weights: torch.Tensor, big: torch.Tensor, target: torch.Tensor, xyz: torch.Tensor,
+                   offsets: torch.Tensor, trans: torch.Tensor, log_scales: torch.Tensor,
+                   quats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Big pose -> target pose skinning of Gaussians in one compiled pass (``csrc/skin_cpu.cpp``).
+
+    Args:
+        weights: (N, J) skinning weights; big: (J, 4, 4) big-pose bone transforms (constant);
+        target: (J, 4, 4) the target pose's bone transforms; xyz: (N, 3) canonical centres;
+        offsets: (N, 3) blend-shape offsets minus the big pose's; trans: (3,); log_scales: (N, 3);
+        quats: (N, 4) (w, x, y, z), any norm. One dtype, CPU.
+
+    Returns:
+        means (N, 3), covars (N, 3, 3), linear (N, 3, 3): as
+        :meth:`occfusion_core.gaussians.human.HumanGaussians.deform` computes them in torch.
+    """
+    args = [t.contiguous() for t in (weights, big.detach(), target, xyz, offsets, trans.reshape(3), log_scales, quats)]
+    return SkinCpp.apply(*args)
 
 
 def rasterize_to_pixels(
