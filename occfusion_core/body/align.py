@@ -20,13 +20,18 @@ box height so that the weights do not depend on the resolution:
 
 The evidence is measured against the estimate's silhouette and measured again halfway, against the
 aligned one.
+
+A run of frames the detector missed (a person behind an occluder for a second or more) starts from
+an estimate interpolated across the run, which can be far from the person. Where the caller says
+which frames had detections, :func:`cross_gaps` first carries the aligned body across each run one
+frame at a time, from both ends, and keeps for each frame the body that explains its mask best.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -120,10 +125,88 @@ def _cover_samples(visible: np.ndarray, erosion_px: float, count: int, rng: np.r
     return pool[pick][:, ::-1] + 0.5
 
 
+def detection_runs(detected: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) of every maximal run of False in a (T,) bool array (of frames without a detection)."""
+    runs, start = [], None
+    for t, seen in enumerate(np.asarray(detected, dtype=bool)):
+        if not seen and start is None:
+            start = t
+        elif seen and start is not None:
+            runs.append((start, t))
+            start = None
+    if start is not None:
+        runs.append((start, len(detected)))
+    return runs
+
+
+def anchor_frames(detected: np.ndarray, min_run: int) -> np.ndarray:
+    """(T,) bool: the detected frames in runs of at least ``min_run``. A detection alone inside a long
+    occlusion is often a partial, wrong one, so it does not anchor a crossing (its keypoints still
+    count when the whole clip is aligned)."""
+    anchored = np.asarray(detected, dtype=bool).copy()
+    for start, stop in detection_runs(~anchored):
+        if stop - start < min_run:
+            anchored[start:stop] = False
+    return anchored
+
+
+def cross_gaps(body: "BodyModel", poses: np.ndarray, betas: np.ndarray, trans: np.ndarray,
+               cameras: list["Camera"], visible: np.ndarray, detected: np.ndarray, cfg: "BodyAlignConfig",
+               seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Carry the body across runs of frames without a detection, one frame at a time.
+
+    Each run is entered from its detected neighbour on either side (one side at the ends of the
+    clip): frame t starts from the body just aligned at t -/+ 1 and is aligned alone to its visible
+    mask for ``cfg.gap_rounds`` rounds. Of these passes and the frame's own estimate aligned alone,
+    each frame keeps the body that explains its mask best (lowest cover + outside terms).
+
+    Args:
+        poses (T, 72), betas (T, 10), trans (T, 3): estimates (detected frames are kept as they are).
+        visible: (T, H, W) bool visible masks; detected: (T,) bool, frames with a detection.
+
+    Returns:
+        poses, trans (float64, changed only inside the runs) and a summary.
+    """
+    poses, trans = np.array(poses, dtype=np.float64), np.array(trans, dtype=np.float64)
+    betas = np.asarray(betas, dtype=np.float64)
+    detected = anchor_frames(detected, cfg.gap_anchor_frames)
+    runs = detection_runs(detected)
+    if cfg.gap_rounds <= 0 or detected.all() or not detected.any():
+        return poses, trans, {"runs": len(runs), "frames": 0}
+    step_cfg = replace(cfg, rounds=cfg.gap_rounds, gap_rounds=0)
+
+    def align_one(t, pose, tr):
+        r = align_to_evidence(body, pose[None], betas[t][None], tr[None], [cameras[t]], visible[t][None],
+                              step_cfg, seed=seed + t)
+        terms = r.summary["final_terms"]
+        return r.poses[0], r.trans[0], terms.get("cover", 0.0) + terms.get("outside", 0.0)
+
+    def walk(frames, pose, tr):
+        out = {}
+        for t in frames:
+            out[t] = align_one(t, pose, tr)
+            pose, tr = out[t][:2]
+        return out
+
+    crossed = 0
+    for start, stop in runs:
+        frames = list(range(start, stop))
+        passes = [{t: align_one(t, poses[t], trans[t]) for t in frames}]  # the frame's own estimate
+        if start > 0:
+            passes.append(walk(frames, poses[start - 1], trans[start - 1]))
+        if stop < len(detected):
+            passes.append(walk(frames[::-1], poses[stop], trans[stop]))
+        for t in frames:
+            pose, tr, _ = min((p[t] for p in passes), key=lambda item: item[2])
+            poses[t], trans[t] = pose, tr
+        crossed += len(frames)
+    return poses, trans, {"runs": len(runs), "frames": crossed, "rounds_per_frame": cfg.gap_rounds}
+
+
 def align_to_evidence(body: "BodyModel", poses: np.ndarray, betas: np.ndarray, trans: np.ndarray,
                       cameras: list["Camera"], visible: np.ndarray, cfg: "BodyAlignConfig",
                       keypoints: np.ndarray | None = None, keypoint_visibility: np.ndarray | None = None,
-                      seed: int = 0) -> AlignResult:
+                      seed: int = 0, detected: np.ndarray | None = None) -> AlignResult:
     """Correct T frames' body estimates to their visible masks (and keypoints).
 
     Args:
@@ -133,6 +216,8 @@ def align_to_evidence(body: "BodyModel", poses: np.ndarray, betas: np.ndarray, t
         visible: (T, H, W) bool visible-person masks.
         cfg: alignment settings (:class:`~occfusion_core.priors.configs.BodyAlignConfig`).
         keypoints: (T, 33, 2) MediaPipe landmark pixels, or None; keypoint_visibility: (T, 33).
+        detected: (T,) bool frames with a detection, or None; runs of other frames are first
+            crossed with :func:`cross_gaps`, and the whole clip is then aligned from there.
 
     Returns:
         :class:`AlignResult`.
@@ -145,6 +230,10 @@ def align_to_evidence(body: "BodyModel", poses: np.ndarray, betas: np.ndarray, t
         start = time.perf_counter()
         T = len(cameras)
         f32 = dict(dtype=torch.float32)
+        gaps, input_poses, input_trans = None, np.asarray(poses), np.asarray(trans)
+        if detected is not None:
+            visible = np.asarray(visible, dtype=bool)
+            poses, trans, gaps = cross_gaps(body, poses, betas, trans, cameras, visible, detected, cfg, seed)
         est_poses, est_betas, est_trans = (torch.as_tensor(np.asarray(x), **f32) for x in (poses, betas, trans))
         refinement = BodyRefinement(est_poses, est_trans, [f"{t:05d}" for t in range(T)], est_betas)
         reg_cfg = BodyRefineConfig(prior_pose=cfg.prior_pose, prior_trans=cfg.prior_trans, smooth_pose=cfg.smooth_pose,
@@ -233,10 +322,11 @@ def align_to_evidence(body: "BodyModel", poses: np.ndarray, betas: np.ndarray, t
         aligned_poses, aligned_betas, aligned_trans = refinement.refined_numpy()
         summary = {
             "rounds": cfg.rounds, "keypoints": bool(use_keypoints), "final_terms": final,
-            "mean_pose_change_deg": round(float(rotation_error_deg(np.asarray(poses), aligned_poses).mean()), 3),
-            "mean_translation_change_cm": round(float(100 * np.linalg.norm(aligned_trans - np.asarray(trans),
+            "mean_pose_change_deg": round(float(rotation_error_deg(input_poses, aligned_poses).mean()), 3),
+            "mean_translation_change_cm": round(float(100 * np.linalg.norm(aligned_trans - input_trans,
                                                                              axis=-1).mean()), 3),
             "shape_change": [round(float(v), 4) for v in refinement.delta_betas.detach()],
+            **({"gaps_crossed": gaps} if gaps is not None else {}),
             "seconds": round(time.perf_counter() - start, 2),
         }
         log.info("body aligned to the visible evidence: %s", summary)

@@ -53,6 +53,8 @@ BAND_FILLS = ("background", "white", "black")
 BACKGROUND_MAX_FRAMES = 50
 """The background median uses at most this many frames (evenly spaced)."""
 BACKGROUND_MARGIN_PX = 3
+MIN_LANDMARKS_DETECTED = 8
+"""A frame with fewer confident landmarks than this counts as missed by the detector."""
 """Person masks are grown by this many pixels before a pixel counts as showing background."""
 
 
@@ -675,9 +677,12 @@ def prepare_video(video_path: str | os.PathLike, out_dir: str | os.PathLike, cfg
 
         start = time.time()
         out_keypoints = np.stack([_to_output(fit_keypoints[t], framing.regions[t], framing.size) for t in range(T)])
+        align_cfg = BodyAlignConfig()
+        # frames whose landmarks hold the body; runs of others are crossed from their neighbours first
+        detected = (fit_visibility >= align_cfg.keypoint_min_visibility).sum(axis=1) >= MIN_LANDMARKS_DETECTED
         aligned = align_to_evidence(body_model, poses, betas, trans, [Camera(K, w2c, W, H) for K in Ks],
-                                    visible_masks, BodyAlignConfig(), keypoints=out_keypoints,
-                                    keypoint_visibility=fit_visibility)
+                                    visible_masks, align_cfg, keypoints=out_keypoints,
+                                    keypoint_visibility=fit_visibility, detected=detected)
         poses, betas, trans, alignment = aligned.poses, aligned.betas, aligned.trans, aligned.summary
         timings["align_s"] = time.time() - start
     metas = [FrameMeta(poses[t], betas[t], trans[t], Ks[t], w2c) for t in range(T)]

@@ -92,6 +92,13 @@ class BodyAlignConfig:
     """Weight of the squared second differences of the joint rotation matrices between frames."""
     smooth_trans: float = 400.0
     """Weight of the squared second differences of the translations (m^2)."""
+    gap_rounds: int = 6
+    """Frames the detector missed (a run of them behind an occluder) are first crossed one frame at a
+    time from their detected neighbours, each aligned alone for this many rounds (0: off); used where
+    the caller says which frames had detections (the video source)."""
+    gap_anchor_frames: int = 3
+    """Only runs of at least this many detected frames anchor a crossing; shorter ones inside an
+    occlusion are crossed too (their keypoints still count in the alignment of the whole clip)."""
 
 
 @dataclass
