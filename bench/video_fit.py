@@ -31,11 +31,12 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from occfusion_core.body.fit import JointsFK, project_points  # noqa: E402
+from occfusion_core.body.landmarks import LANDMARK_FROM_JOINTS45, LANDMARK_NAMES, LANDMARK_WEIGHTS  # noqa: E402
 from occfusion_core.body.model import load_body_model  # noqa: E402
-from occfusion_core.data.keypoints import LANDMARK_FROM_JOINTS45, LANDMARK_NAMES, LANDMARK_WEIGHTS  # noqa: E402
 from occfusion_core.data.sequence import read_sequence  # noqa: E402
 from occfusion_core.data.source_configs import FitConfig, VideoConfig  # noqa: E402
-from occfusion_core.data.video import mask_box_heights, prepare_video  # noqa: E402
+from occfusion_core.data.video import prepare_video  # noqa: E402
+from occfusion_core.masks import mask_box_heights  # noqa: E402
 
 DEFAULT_VIDEO = REPO_ROOT.parent / "shared" / "data" / "taiji.mp4"
 TARGET_PERCENT = 4.0

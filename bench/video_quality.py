@@ -15,18 +15,15 @@ Skips a clip that is absent.
 from __future__ import annotations
 
 import argparse
-import csv
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
+from dag_runs import print_and_write, run_workflow, set_path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 SUBJECTS = {
     "taiji_band": ("taiji.mp4", {"frame_stride": 4, "max_side": 256, "occlusion": {"kind": "zju_band"}}),
@@ -64,25 +61,14 @@ def main() -> None:
     if not config["subjects"]:
         raise SystemExit("no clip to run")
     for key, value in config_overrides:
-        node = config
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
+        set_path(config, key, value)
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         start = time.time()
-        done = subprocess.run([SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
-                               "--configfile", str(work / "config.yaml"), "--cores", str(args.cores),
-                               "--resources", "gpu=1"], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"the run failed (see {work}/.snakemake/log):\n{done.stdout[-4000:]}")
+        rows = run_workflow(config, work, args.cores, "the run")
         minutes = (time.time() - start) / 60
-        with open(work / "results" / "summary.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
         for subject in config["subjects"]:
             report = yaml.safe_load((work / "results" / subject / "data_report.json").read_text())
             for row in rows:
@@ -91,15 +77,7 @@ def main() -> None:
                     row["dropped"] = len(report.get("dropped_frames") or [])
     columns = ["subject", "variant", "role", "iterations", "frames", "dropped", "occluded_psnr", "heldout_psnr",
                "visible_psnr", "gap_closed", "silhouette_iou"]
-    print(f"\n{len(rows)} rows in {minutes:.1f} min\n" + " | ".join(columns))
-    print(" | ".join("---" for _ in columns))
-    for r in rows:
-        print(" | ".join(str(r.get(c, "")) for c in columns))
-    with open(args.csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns + ["body_params", "methods"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {args.csv}")
+    print_and_write(rows, columns, args.csv, heading=f"{len(rows)} rows in {minutes:.1f} min\n")
 
 
 if __name__ == "__main__":

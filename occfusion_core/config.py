@@ -10,10 +10,14 @@ these dataclasses in step.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
-from .priors.configs import GuidanceConfig, InpaintConfig, MaskCompletionConfig
+# every stage config importable from here (workflow scripts and tests do)
+from .body.configs import BodyAlignConfig, BodyRefineConfig, FitConfig  # noqa: F401 (re-exported)
+from .priors.configs import GuidanceConfig, InpaintConfig, MaskCompletionConfig  # noqa: F401 (re-exported)
 
 T = TypeVar("T")
 
@@ -25,23 +29,36 @@ class ConfigError(ValueError):
 def from_dict(cls: type[T], data: dict | None, where: str = "config") -> T:
     """Build dataclass ``cls`` from ``data``, recursing into nested dataclass fields.
 
+    A field nests when its type hint (resolved with :func:`typing.get_type_hints`, so postponed
+    annotations work) is a dataclass, or an optional one (``X | None``).
+
     Raises:
         ConfigError: naming ``where.key`` for an unknown key.
     """
     data = dict(data or {})
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(names))
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(repr(k) for k in unknown)}; "
                           f"known: {', '.join(sorted(names))}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
-        f = names[key]
-        sub = _dataclass_type(f)
+        sub = _dataclass_in(hints[key])
         if sub is not None and isinstance(value, dict):
             value = from_dict(sub, value, f"{where}.{key}")
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def _dataclass_in(hint) -> type | None:
+    """The dataclass a field's type hint names: ``X``, ``X | None`` or ``Optional[X]``; else None."""
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        found = [a for a in typing.get_args(hint) if isinstance(a, type) and dataclasses.is_dataclass(a)]
+        return found[0] if len(found) == 1 else None
+    return None
 
 
 def to_dict(obj: Any) -> dict:
@@ -60,18 +77,9 @@ def merge(*dicts: dict | None) -> dict:
     return out
 
 
-def _dataclass_type(f: dataclasses.Field):
-    t = f.type
-    if isinstance(t, str):
-        t = _TYPES.get(t.replace("Optional[", "").rstrip("]"))
-    if isinstance(value := f.default_factory, type) and dataclasses.is_dataclass(value):
-        t = value
-    return t if dataclasses.is_dataclass(t) else None
-
-
 @dataclass
 class BodyModelConfig:
-    path: Optional[str] = None
+    path: str | None = None
     """A user's SMPL model file (e.g. SMPL_NEUTRAL.pkl). None: the generated proxy body."""
     proxy_grid_mm: float = 20.0
     """Proxy body: marching-cubes grid step in millimetres (smaller = more vertices)."""
@@ -156,39 +164,6 @@ class DensifyConfig:
 
 
 @dataclass
-class BodyRefineConfig:
-    enabled: bool = True
-    """Learn a correction of the global orientation, body pose and translation of every training
-    frame together with the Gaussians (stages 1 and 3)."""
-    lr_pose: float = 5e-3
-    """Adam learning rate of the pose corrections (radians of axis-angle per step)."""
-    lr_trans: float = 1e-3
-    """Adam learning rate of the translation corrections (metres per step)."""
-    lr_final_fraction: float = 0.05
-    """Both rates decay exponentially over each stage to this fraction of their start value."""
-    start_iter: int = 0
-    """Stage-1 iteration from which the corrections learn (0: from the start; measured on the noisy
-    synthetic subject, waiting gained nothing)."""
-    prior_pose: float = 0.5
-    """Weight of the mean squared pose correction (rad^2) over frames and components."""
-    prior_trans: float = 50.0
-    """Weight of the mean squared translation correction (m^2) over frames and axes."""
-    smooth_pose: float = 0.05
-    """Weight of the mean squared second difference of the refined joint rotation matrices between
-    consecutive frames."""
-    smooth_trans: float = 50.0
-    """Weight of the mean squared second difference of the refined translations (m^2)."""
-    refine_shape: bool = False
-    """Also learn one correction of the shape (betas) shared by all frames. Off by default: on the
-    synthetic subject the images hardly constrain it (the Gaussians absorb most of a shape error) and
-    the directions they do not see drift."""
-    lr_shape: float = 2e-3
-    """Adam learning rate of the shape correction (betas units per step)."""
-    prior_shape: float = 1e-3
-    """Weight of the mean squared refined betas (the shape estimator's own N(0, 1) prior)."""
-
-
-@dataclass
 class OptimizeConfig:
     iterations: int = 1200
     """Optimisation steps."""
@@ -261,7 +236,8 @@ class OptimizeConfig:
 
 
 def _refine_densify() -> "DensifyConfig":
-    # OccFusion stage 3: every 200 iterations from 200 to 1000 after the stage-1 end (§5).
+    # OccFusion stage 3: every 200 iterations from 200 to 1000 after the stage-1 end
+    # (docs/method.md, "Stage 3: refinement").
     return DensifyConfig(enabled=True, start_iter=0, stop_iter=1001, interval=200)
 
 
@@ -328,10 +304,3 @@ class MetricsConfig:
     """Compute LPIPS-VGG where the lpips package and its weights are available (else null + reason)."""
     crop_to_body_box: bool = False
     """GauHuman protocol: set pixels outside the projected body box to background before scoring."""
-
-
-_TYPES = {
-    c.__name__: c
-    for c in (BodyModelConfig, SyntheticConfig, GuidanceConfig, DensifyConfig, BodyRefineConfig, OptimizeConfig,
-              RefineConfig, RenderConfig, MetricsConfig, MaskCompletionConfig, InpaintConfig)
-}

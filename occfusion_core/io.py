@@ -10,8 +10,9 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -78,35 +79,29 @@ def read_json(path: str | os.PathLike) -> Any:
         raise InputError(path, f"not valid JSON ({err})") from err
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an RGB image as uint8 (H, W, 3). Grey images are expanded, alpha is dropped."""
+def _read_pixels(path: str | os.PathLike, what: str, mode: str | None) -> np.ndarray:
+    """Decode an image file (converted to PIL ``mode`` when given) as an array."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "image file is missing")
+        raise InputError(path, f"{what} file is missing")
     try:
         with Image.open(path) as im:
             im.load()
-            arr = np.asarray(im.convert("RGB"))
+            return np.asarray(im.convert(mode) if mode else im)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise InputError(path, f"cannot read image ({err})") from err
-    return arr
+        raise InputError(path, f"cannot read {what} ({err})") from err
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an RGB image as uint8 (H, W, 3). Grey images are expanded, alpha is dropped."""
+    return _read_pixels(path, "image", "RGB")
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """Read a binary mask as bool (H, W). Multi-channel masks use channel 0 (OcMotion stores 3)."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "mask file is missing")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise InputError(path, f"cannot read mask ({err})") from err
+    arr = _read_pixels(path, "mask", None)
     if arr.ndim == 3:
         arr = arr[..., 0]
     return arr > 127 if arr.dtype == np.uint8 else arr > 0
@@ -154,20 +149,50 @@ def write_video(path: str | os.PathLike, frames: list[np.ndarray] | np.ndarray, 
             writer.close()
 
 
+def plain(obj: Any) -> Any:
+    """``obj`` with numpy arrays as tensors and numpy scalars as Python ones, tuples as lists: what
+    :func:`save_torch` writes, so that :func:`load_torch` can read it with ``weights_only=True``."""
+    import torch
+
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    """Write tensors and plain types (see :func:`plain`) with ``torch.save``, atomically."""
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        torch.save(plain(obj), tmp)
 
 
 def load_torch(path: str | os.PathLike, map_location: str = "cpu") -> Any:
+    """Read a file :func:`save_torch` wrote, with ``weights_only=True``: nothing in it can run code.
+
+    Raises:
+        InputError: naming the file when it is missing, truncated or corrupt, or holds anything but
+            tensors and plain types (a foreign file, or one from an older version of this project).
+    """
+    import pickle
+
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "checkpoint is missing")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise InputError(path, "not a file this version of the project wrote: it holds objects other than "
+                               f"tensors and plain types, which are not loaded ({err})") from err
     except Exception as err:  # torch raises many types for a truncated/corrupt file
         raise InputError(path, f"cannot load checkpoint ({type(err).__name__}: {err})") from err

@@ -1,7 +1,8 @@
-"""Image losses of stages 1 and 3 (occfusion-reference.md §3.3, §5).
+"""Image losses of stages 1 and 3 (docs/method.md, "Stage-1 losses" and "Stage 3: refinement").
 
 Masked SSIM here is the intended one (the SSIM map averaged over the masked pixels), not the
-released code's scrambled reshape (reference §13, quirk 5).
+released code's (its ``stage1.py`` reshapes the (3, h, w) map to (h·w, 3) without a permute before
+masking, which scrambles the pixels).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def box_crop(x: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
 class LPIPSLoss:
     """LPIPS-VGG where the ``lpips`` package and its weights load; otherwise unavailable with a reason.
 
-    Never substitutes another network under the LPIPS name (dependencies.md).
+    Never substitutes another network under the LPIPS name: another network gives another number,
+    which could not be compared with published LPIPS-VGG figures.
     """
 
     def __init__(self, device: torch.device | str = "cpu"):

@@ -1,5 +1,6 @@
 """Geometry of 2D masks: signed distances, oriented edges, the outline evidence that tells a
-person's own outline from an occluder's edge, shifts, boxes and IoU.
+person's own outline from an occluder's edge, shifts, boxes and IoU, and a person mask from a
+segmenter's probabilities.
 
 Shared by stage 0's silhouette completion (:mod:`occfusion_core.priors.segment`) and the alignment
 of a body estimate to a frame's visible evidence (:mod:`occfusion_core.body.align`).
@@ -7,8 +8,15 @@ of a body estimate to a frame's visible evidence (:mod:`occfusion_core.body.alig
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    import torch
+
+    from .render.camera import Camera
 
 
 def signed_distance(mask: np.ndarray) -> np.ndarray:
@@ -31,10 +39,15 @@ def shift_mask(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
-def bounding_box_yx(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """(y0, x0, y1, x1), end-exclusive, of the true pixels of a non-empty (H, W) mask."""
-    ys, xs = np.nonzero(mask)
-    return int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1
+def bounding_box(mask) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1), end-exclusive, of the true pixels of an (H, W) mask (numpy or torch);
+    None if it has none."""
+    if hasattr(mask, "detach"):
+        mask = mask.detach().cpu().numpy()
+    ys, xs = np.nonzero(np.asarray(mask))
+    if len(ys) == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
 STEPS = ((-1, 0), (1, 0), (0, -1), (0, 1))
@@ -70,3 +83,49 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def person_mask(probability: np.ndarray, threshold: float = 0.5, min_component_fraction: float = 0.05) -> np.ndarray:
+    """(H, W) person probability -> (H, W) bool mask: above ``threshold``, without blobs smaller than
+    ``min_component_fraction`` of the largest (8-connected)."""
+    mask = np.asarray(probability) > threshold
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count > 1:
+        sizes = np.bincount(labels.ravel())[1:]
+        keep = np.flatnonzero(sizes >= min_component_fraction * sizes.max()) + 1
+        mask = np.isin(labels, keep)
+    return mask
+
+
+def mask_box_heights(masks: np.ndarray) -> np.ndarray:
+    """(T, H, W) bool -> (T,) height in pixels of each mask's bounding box (0 for an empty mask)."""
+    rows = masks.any(axis=2)
+    heights = np.zeros(len(masks))
+    for t, r in enumerate(rows):
+        idx = np.flatnonzero(r)
+        if idx.size:
+            heights[t] = idx[-1] - idx[0] + 1
+    return heights
+
+
+def body_box_mask(vertices: "torch.Tensor", camera: "Camera", pad: float = 0.05) -> "torch.Tensor":
+    """The projected 3D box of the posed body, grown by ``pad`` metres, filled (GauHuman's bound mask).
+
+    Args:
+        vertices: (V, 3) posed body vertices in world coordinates.
+    Returns:
+        (H, W) bool: pixels whose centre lies inside the convex hull of the 8 projected box corners.
+    """
+    import torch
+    from scipy.spatial import ConvexHull
+
+    lo, hi = vertices.min(0).values - pad, vertices.max(0).values + pad
+    corners = torch.stack(torch.meshgrid(*[torch.stack([lo[i], hi[i]]) for i in range(3)], indexing="ij"), -1)
+    uv, _ = camera.project(corners.reshape(8, 3))
+    uv = uv.detach().cpu().double().numpy()
+    hull = ConvexHull(uv)
+    ys, xs = np.mgrid[0:camera.height, 0:camera.width]
+    pts = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], 1)
+    # inside iff on the inner side of every hull facet: n . p + d <= 0
+    inside = (pts @ hull.equations[:, :2].T + hull.equations[:, 2]).max(1) <= 1e-9
+    return torch.from_numpy(inside.reshape(camera.height, camera.width))

@@ -46,8 +46,10 @@ for _variant in VARIANTS:
     if "refine" in _stages and "incontext_inpaint" not in _stages:
         raise ValueError(f"config: variants.{_variant}.stages has refine without incontext_inpaint")
     if _mask_source.get("mask_source") == "complete" and "complete_masks" not in _stages:
-        raise ValueError(f"config: variants.{_variant}.optimize.mask_source is 'complete' but "
-                         f"variants.{_variant}.stages lacks complete_masks")
+        raise ValueError(
+            f"config: variants.{_variant}.optimize.mask_source is 'complete' but "
+            f"variants.{_variant}.stages lacks complete_masks"
+        )
 
 
 def variant_role(variant):
@@ -58,8 +60,11 @@ def variant_role(variant):
 def variant_needs_ground_truth(variant):
     """Ceilings and controls use what only a benchmark has (unoccluded frames, true masks)."""
     spec = VARIANTS[variant]
-    return (variant_role(variant) in ("ceiling", "control") or spec.get("training_frames") == "unoccluded"
-            or stage_config("optimize", variant).get("mask_source") == "ground_truth")
+    return (
+        variant_role(variant) in ("ceiling", "control")
+        or spec.get("training_frames") == "unoccluded"
+        or stage_config("optimize", variant).get("mask_source") == "ground_truth"
+    )
 
 
 def subject_has_ground_truth(subject):
@@ -97,8 +102,12 @@ def stage_config(stage, variant=None):
     updates."""
     own = VARIANTS[variant].get(stage, {}) if variant else {}
     merged = merge(config.get(stage, {}), own)
-    if (stage == "optimize" and variant and config.get("matched_budget", True)
-            and "refine" not in variant_stages(variant)):
+    if (
+        stage == "optimize"
+        and variant
+        and config.get("matched_budget", True)
+        and "refine" not in variant_stages(variant)
+    ):
         stage1 = merged.get("iterations", OPTIMIZE_DEFAULT_ITERATIONS)
         stage3 = stage_config("refine", variant).get("iterations", REFINE_DEFAULT_ITERATIONS)
         merged["iterations"] = stage1 + stage3
@@ -151,8 +160,9 @@ def stage_reports(wildcards):
     """Reports of the variant's stages 0 and 2 (they name the method each stage ran)."""
     base = f"results/{wildcards.subject}/{wildcards.variant}"
     stages = variant_stages(wildcards.variant)
-    return [f"{base}/stage0/report.json"] * ("complete_masks" in stages) + \
-        [f"{base}/stage2/report.json"] * ("incontext_inpaint" in stages)
+    return [f"{base}/stage0/report.json"] * ("complete_masks" in stages) + [f"{base}/stage2/report.json"] * (
+        "incontext_inpaint" in stages
+    )
 
 
 def subject_variant_pairs():
@@ -210,8 +220,10 @@ def _check_variants():
             continue
         needing = [v for v in spec.get("variants", []) if variant_needs_ground_truth(v)]
         if needing:
-            raise ValueError(f"config: subjects.{subject}.variants lists {needing}, which need ground truth "
-                             f"(unoccluded frames, true masks) that this subject's source does not have")
+            raise ValueError(
+                f"config: subjects.{subject}.variants lists {needing}, which need ground truth "
+                f"(unoccluded frames, true masks) that this subject's source does not have"
+            )
     for role in ("baseline", "ceiling"):
         named = [v for v in VARIANTS if variant_role(v) == role]
         if len(named) > 1:

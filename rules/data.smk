@@ -4,8 +4,6 @@
 rule build_body_model:
     output:
         "results/body_model/proxy_smpl.pkl",
-    params:
-        grid_mm=config.get("body_model", {}).get("proxy_grid_mm", 20.0),
     log:
         "results/logs/build_body_model.log",
     benchmark:
@@ -15,6 +13,8 @@ rule build_body_model:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        grid_mm=config.get("body_model", {}).get("proxy_grid_mm", 20.0),
     script:
         "../workflow_scripts/build_body_model.py"
 
@@ -25,8 +25,6 @@ rule prepare_subject:
         code=core_code("data", "render/mesh", "body"),
     output:
         data=directory("results/{subject}/data"),
-    params:
-        source=source_config,
     log:
         "results/logs/prepare_subject/{subject}.log",
     benchmark:
@@ -37,6 +35,8 @@ rule prepare_subject:
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        source=source_config,
     script:
         "../workflow_scripts/prepare_subject.py"
 

@@ -10,8 +10,6 @@ rule complete_masks:
     output:
         masks=directory("results/{subject}/{variant}/stage0/masks"),
         report="results/{subject}/{variant}/stage0/report.json",
-    params:
-        cfg=lambda wc: device_config("complete_masks", wc.variant),
     log:
         "results/logs/complete_masks/{subject}.{variant}.log",
     benchmark:
@@ -23,5 +21,7 @@ rule complete_masks:
         gpu=GPU,
         mem_mb=12000,
         runtime=60,
+    params:
+        cfg=lambda wc: device_config("complete_masks", wc.variant),
     script:
         "../workflow_scripts/complete_masks.py"

@@ -10,10 +10,6 @@ rule metrics:
         code=core_code("stages/metrics", "gaussians", "render"),
     output:
         metrics="results/{subject}/{variant}/metrics.json",
-    params:
-        cfg=lambda wc: device_config("metrics", wc.variant),
-        variant_config=lambda wc: VARIANTS[wc.variant],
-        role=lambda wc: variant_role(wc.variant),
     log:
         "results/logs/metrics/{subject}.{variant}.log",
     benchmark:
@@ -25,6 +21,10 @@ rule metrics:
         gpu=GPU,
         mem_mb=4000,
         runtime=30,
+    params:
+        cfg=lambda wc: device_config("metrics", wc.variant),
+        variant_config=lambda wc: VARIANTS[wc.variant],
+        role=lambda wc: variant_role(wc.variant),
     script:
         "../workflow_scripts/metrics.py"
 

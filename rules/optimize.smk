@@ -11,9 +11,6 @@ rule optimize:
     output:
         model="results/{subject}/{variant}/stage1/model.pt",
         renders=directory("results/{subject}/{variant}/stage1/renders"),
-    params:
-        cfg=lambda wc: device_config("optimize", wc.variant),
-        checkpoints="results/{subject}/{variant}/stage1/checkpoints",
     log:
         "results/logs/optimize/{subject}.{variant}.log",
     benchmark:
@@ -25,5 +22,8 @@ rule optimize:
         gpu=GPU,
         mem_mb=8000,
         runtime=120,
+    params:
+        cfg=lambda wc: device_config("optimize", wc.variant),
+        checkpoints="results/{subject}/{variant}/stage1/checkpoints",
     script:
         "../workflow_scripts/optimize.py"

@@ -11,8 +11,6 @@ rule incontext_inpaint:
     output:
         frames=directory("results/{subject}/{variant}/stage2/inpainted"),
         report="results/{subject}/{variant}/stage2/report.json",
-    params:
-        cfg=lambda wc: device_config("incontext_inpaint", wc.variant),
     log:
         "results/logs/incontext_inpaint/{subject}.{variant}.log",
     benchmark:
@@ -24,6 +22,8 @@ rule incontext_inpaint:
         gpu=GPU,
         mem_mb=12000,
         runtime=60,
+    params:
+        cfg=lambda wc: device_config("incontext_inpaint", wc.variant),
     script:
         "../workflow_scripts/incontext_inpaint.py"
 
@@ -39,9 +39,6 @@ rule refine:
     output:
         model="results/{subject}/{variant}/stage3/model.pt",
         renders=directory("results/{subject}/{variant}/stage3/renders"),
-    params:
-        cfg=lambda wc: device_config("refine", wc.variant),
-        checkpoints="results/{subject}/{variant}/stage3/checkpoints",
     log:
         "results/logs/refine/{subject}.{variant}.log",
     benchmark:
@@ -53,5 +50,8 @@ rule refine:
         gpu=GPU,
         mem_mb=8000,
         runtime=120,
+    params:
+        cfg=lambda wc: device_config("refine", wc.variant),
+        checkpoints="results/{subject}/{variant}/stage3/checkpoints",
     script:
         "../workflow_scripts/refine.py"

@@ -9,8 +9,6 @@ rule render:
         code=core_code("stages/render", "gaussians", "render"),
     output:
         renders=directory("results/{subject}/{variant}/renders"),
-    params:
-        cfg=lambda wc: device_config("render", wc.variant),
     log:
         "results/logs/render/{subject}.{variant}.log",
     benchmark:
@@ -22,5 +20,7 @@ rule render:
         gpu=GPU,
         mem_mb=4000,
         runtime=30,
+    params:
+        cfg=lambda wc: device_config("render", wc.variant),
     script:
         "../workflow_scripts/render.py"

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from occfusion_core.body.align import align_to_evidence, anchor_frames, cross_gaps, detection_runs
+from occfusion_core.body.configs import BodyAlignConfig
 from occfusion_core.config import SyntheticConfig
 from occfusion_core.data.sequence import read_sequence
 from occfusion_core.data.synthetic import generate_synthetic_subject
-from occfusion_core.priors.configs import BodyAlignConfig
 from occfusion_core.render.mesh import silhouette
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -77,3 +77,9 @@ def test_crossing_a_gap_follows_the_person_where_the_stale_estimate_does_not(tur
           f"{plain_iou.mean():.3f} without the crossing, {crossed_iou.mean():.3f} with it")
     assert after.mean() > before.mean() + 0.03
     assert crossed_iou.mean() > plain_iou.mean()
+
+
+def test_a_lone_detection_inside_a_gap_does_not_anchor_it():
+    detected = np.array([1, 1, 1, 0, 0, 1, 0, 0, 1, 1, 1], bool)
+    assert np.array_equal(anchor_frames(detected, 3), np.array([1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1], bool))
+    assert np.array_equal(anchor_frames(detected, 1), detected)

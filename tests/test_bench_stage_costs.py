@@ -35,7 +35,8 @@ def write_tsv(path: Path, header: str, *rows: str) -> None:
 def benchmarks(tmp_path) -> Path:
     root = tmp_path / "benchmarks"
     # optimize: one long job. render: two jobs, one with two repeats. build_body_model: no memory data.
-    write_tsv(root / "optimize" / "S1.full.tsv", HEADER, "120.50\t0:02:00\t2048.5\t3000\t2000\t2010\t10\t20\t95.0\t230.0")
+    write_tsv(root / "optimize" / "S1.full.tsv", HEADER,
+              "120.50\t0:02:00\t2048.5\t3000\t2000\t2010\t10\t20\t95.0\t230.0")
     write_tsv(root / "render" / "S1.full.tsv", HEADER,
               "10.00\t0:00:10\t500.0\t800\t480\t490\t1\t2\t90.0\t9.0",
               "14.00\t0:00:14\t700.0\t900\t680\t690\t1\t2\t90.0\t13.0")

@@ -13,7 +13,12 @@ import torch
 
 from occfusion_core.body import model as body_model_module
 from occfusion_core.body.model import (
-    JOINT_NAMES, SMPL_PARENTS, BodyModel, big_pose, default_proxy_path, load_body_model,
+    JOINT_NAMES,
+    SMPL_PARENTS,
+    BodyModel,
+    big_pose,
+    default_proxy_path,
+    load_body_model,
 )
 from occfusion_core.body.proxy import PROXY_VERSION, joint_positions, signed_volume, write_proxy_smpl
 from occfusion_core.io import InputError

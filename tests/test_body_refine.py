@@ -83,7 +83,8 @@ def test_refinement_moves_a_noisy_estimate_towards_the_truth(proxy_body_path, pr
     before, after = rotation_error_deg(estimate, exact).mean(), rotation_error_deg(refined, exact).mean()
     exact_t = np.array([clean[n]["trans"] for n in names])
     before_t = np.linalg.norm(np.array([meta[n]["trans"] for n in names]) - exact_t, axis=1).mean()
-    after_t = np.linalg.norm((record["estimate_trans"] + record["delta_trans"]).double().numpy() - exact_t, axis=1).mean()
+    after_t = np.linalg.norm((record["estimate_trans"] + record["delta_trans"]).double().numpy() - exact_t,
+                             axis=1).mean()
     print(f"\nmean joint angle error {before:.2f} -> {after:.2f} deg, translation {100 * before_t:.2f} -> "
           f"{100 * after_t:.2f} cm")
     assert after < before - 0.2

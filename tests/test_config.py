@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import snakemake_bin
 from snakemake.utils import validate
 
 from occfusion_core import config as C
-from occfusion_core.priors.configs import BodyAlignConfig
-from conftest import snakemake_bin
+from occfusion_core.body.configs import BodyAlignConfig
+from occfusion_core.priors.configs import DiffusionModels
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "schemas" / "config.schema.yaml"
@@ -25,6 +26,7 @@ def schema_defs():
     ("synthetic", C.SyntheticConfig), ("densify", C.DensifyConfig), ("sds", C.GuidanceConfig),
     ("complete_masks", C.MaskCompletionConfig), ("incontext_inpaint", C.InpaintConfig),
     ("refine", C.RefineConfig), ("body_refine", C.BodyRefineConfig), ("body_align", BodyAlignConfig),
+    ("diffusion_models", DiffusionModels),
 ])
 def test_schema_and_dataclasses_name_the_same_fields(name, cls):
     in_schema = set(schema_defs()[name]["properties"])
@@ -85,3 +87,25 @@ def test_source_schemas_match_their_dataclasses(name, cls_path):
     module, cls = cls_path.split(":")
     fields = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}
     assert set(schema_defs()[name]["properties"]) == fields
+
+
+@dataclasses.dataclass
+class _Inner:
+    a: int = 1
+
+
+@dataclasses.dataclass
+class _Outer:
+    inner: "_Inner" = dataclasses.field(default_factory=_Inner)
+    maybe: "_Inner | None" = None
+    plain: "dict | None" = None
+
+
+def test_from_dict_nests_by_type_hints():
+    """String (postponed) annotations, X | None included, nest without any table of names."""
+    from occfusion_core.config import ConfigError, from_dict
+
+    out = from_dict(_Outer, {"inner": {"a": 2}, "maybe": {"a": 3}, "plain": {"k": 1}})
+    assert out.inner == _Inner(2) and out.maybe == _Inner(3) and out.plain == {"k": 1}
+    with pytest.raises(ConfigError, match=r"config\.maybe: unknown key\(s\) 'b'"):
+        from_dict(_Outer, {"maybe": {"b": 1}})

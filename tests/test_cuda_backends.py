@@ -455,8 +455,9 @@ def test_inria_projection_matrix_maps_points_like_camera_project(skew):
 
 
 def test_projection_matrix_entries_follow_the_reference():
-    """occfusion-reference.md section 6.5: P00 = 2fx/W, P02 = -1 + 2cx/W, P11 = 2fy/H, P12 = -1 + 2cy/H,
-    P22 = (f+n)/(f-n), P23 = -2fn/(f-n), P32 = 1 with n = 0.001, f = 1000."""
+    """GauHuman's released code, utils/graphics_utils.py: getProjectionMatrix_refine: P00 = 2fx/W,
+    P02 = -1 + 2cx/W, P11 = 2fy/H, P12 = -1 + 2cy/H, P22 = (f+n)/(f-n), P23 = -2fn/(f-n), P32 = 1
+    with n = 0.001, f = 1000."""
     K = torch.tensor([[500.0, 0.0, 300.0], [0.0, 520.0, 200.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
     P = inria_cuda.projection_matrix_from_K(K, 640, 480)
     n, f = 0.001, 1000.0

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from occfusion_core.config import DensifyConfig, OptimizeConfig
-from occfusion_core.gaussians.densify import (DensifyState, _merge_pairs, densify_and_prune, gaussian_kl,
-                                              is_densify_step)
-from occfusion_core.gaussians.human import HumanGaussians, quaternion_to_matrix
+from occfusion_core.gaussians.densify import DensifyState, _merge_pairs, densify_and_prune, gaussian_kl, is_densify_step
+from occfusion_core.gaussians.human import HumanGaussians
+from occfusion_core.render.projection import quat_to_rotmat
 
 HIGH_GRAD = 1e-3  # above DensifyConfig.grad_threshold (2e-4)
 
@@ -37,8 +37,8 @@ def test_gaussian_kl_matches_torch_distributions():
     gen = torch.Generator().manual_seed(0)
     n = 6
     mean0, mean1 = torch.randn(n, 3, generator=gen) * 0.1, torch.randn(n, 3, generator=gen) * 0.1
-    rot0 = quaternion_to_matrix(torch.randn(n, 4, generator=gen))
-    rot1 = quaternion_to_matrix(torch.randn(n, 4, generator=gen))
+    rot0 = quat_to_rotmat(torch.randn(n, 4, generator=gen))
+    rot1 = quat_to_rotmat(torch.randn(n, 4, generator=gen))
     log0, log1 = torch.randn(n, 3, generator=gen) * 0.5 - 3, torch.randn(n, 3, generator=gen) * 0.5 - 3
     got = gaussian_kl(mean0.double(), rot0.double(), log0.double(), mean1.double(), rot1.double(), log1.double())
 

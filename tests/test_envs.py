@@ -273,7 +273,7 @@ def _package_chain(module: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _file_imports(path: Path, module: str | None) -> tuple[str, ...]:
     """Absolute names of the modules one file imports, optional (guarded) imports left out."""
     tree = ast.parse(path.read_text(), filename=str(path))
@@ -321,7 +321,7 @@ def script_imports(script: Path) -> tuple[set[str], set[str]]:
     return third_party, seen
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _installed_distributions() -> dict[str, list[str]]:
     return importlib.metadata.packages_distributions()
 

@@ -8,10 +8,19 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation, Slerp
 
-from occfusion_core.body.fit import (CAMERA_W2C, JOINT_LIMITS_HIGH, JOINT_LIMITS_LOW, JointsFK, camera_w2c,
-                                     fit_body, initial_guess, ray_rotation, synthesize_detections)
-from occfusion_core.data.keypoints import LANDMARK_FROM_JOINTS45, LANDMARK_NAMES, LANDMARK_WEIGHTS
-from occfusion_core.data.source_configs import FitConfig
+from occfusion_core.body.configs import FitConfig
+from occfusion_core.body.fit import (
+    CAMERA_W2C,
+    JOINT_LIMITS_HIGH,
+    JOINT_LIMITS_LOW,
+    JointsFK,
+    camera_w2c,
+    fit_body,
+    initial_guess,
+    ray_rotation,
+    synthesize_detections,
+)
+from occfusion_core.body.landmarks import LANDMARK_FROM_JOINTS45, LANDMARK_NAMES, LANDMARK_WEIGHTS
 
 K = np.array([[500.0, 0.0, 256.0], [0.0, 500.0, 256.0], [0.0, 0.0, 1.0]])
 # Joints whose rotation the keypoints pin down: root, hips, knees, shoulders, elbows.

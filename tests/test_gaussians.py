@@ -11,9 +11,10 @@ from torch import nn
 
 from occfusion_core.body.model import big_pose
 from occfusion_core.config import OptimizeConfig
-from occfusion_core.gaussians.human import SH_C0, HumanGaussians
+from occfusion_core.gaussians.human import HumanGaussians
 from occfusion_core.gaussians.knn import init_scales, knn
 from occfusion_core.gaussians.networks import BodyPoseRefiner, LBSOffsetDecoder, positional_encoding
+from occfusion_core.render.sh import SH_C0
 
 L_ELBOW, L_WRIST = 18, 20
 SMPL_PARENTS = [-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]

@@ -10,7 +10,7 @@ from occfusion_core.config import SyntheticConfig
 from occfusion_core.data.sequence import read_sequence
 from occfusion_core.data.synthetic import generate_synthetic_subject
 from occfusion_core.io import InputError, read_image, write_image
-from occfusion_core.priors.configs import InpaintConfig
+from occfusion_core.priors.configs import DiffusionModels, InpaintConfig
 from occfusion_core.stages.incontext import NOTHING_HIDDEN, incontext_inpaint
 
 COLOUR_ERROR = 40
@@ -47,9 +47,9 @@ def renders(subject, tmp_path_factory):
 @pytest.fixture(scope="module")
 def saved_models(tmp_path_factory):
     pytest.importorskip("diffusers")
-    from occfusion_core.priors.tiny import save_tiny_models
+    from occfusion_core.priors.smoke_test_models import save_smoke_test_models
 
-    return save_tiny_models(tmp_path_factory.mktemp("tiny_models"))
+    return save_smoke_test_models(tmp_path_factory.mktemp("tiny_models"))
 
 
 def _observed_on_white(seq, name) -> np.ndarray:
@@ -85,8 +85,8 @@ def test_render_fill_blends_the_render_into_the_hidden_pixels(subject, renders, 
 
 def test_diffusion_incontext_runs_the_real_pipeline_on_tiny_models(subject, renders, proxy_body_path, saved_models,
                                                                      tmp_path):
-    cfg = InpaintConfig(method="diffusion", inpaint_model=str(saved_models["inpainting"]),
-                        controlnet_model=str(saved_models["controlnet"]), local_files_only=True,
+    cfg = InpaintConfig(method="diffusion", models=DiffusionModels(base=str(saved_models["inpainting"]),
+                        controlnet=str(saved_models["controlnet"]), local_files_only=True),
                         num_inference_steps=2, roi_padding=4, device="cpu")
     out = tmp_path / "inpainted"
     report = incontext_inpaint(subject, renders, proxy_body_path, cfg, out, tmp_path / "report.json")

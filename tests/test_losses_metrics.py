@@ -8,8 +8,8 @@ import torch
 from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
 
 from occfusion_core.losses import masked_mean, ssim_map
+from occfusion_core.masks import body_box_mask, bounding_box
 from occfusion_core.render.camera import Camera, look_at
-from occfusion_core.stages.common import body_box_mask, mask_box
 from occfusion_core.stages.metrics import psnr, ssim_full, ssim_masked
 
 
@@ -73,7 +73,7 @@ def test_body_box_mask_covers_projected_points_and_not_far_away():
     assert abs(int(box.sum()) - area) < 0.25 * area
     assert box[32, 32]
     assert not box[2, 2] and not box[32, 2]
-    x0, y0, x1, y1 = mask_box(box)
+    x0, y0, x1, y1 = bounding_box(box)
     assert 26 <= x0 and x1 <= 38 and 20 <= y0 and y1 <= 44
 
 

@@ -14,14 +14,16 @@ from occfusion_core.config import SyntheticConfig
 from occfusion_core.data.sequence import read_sequence
 from occfusion_core.data.synthetic import generate_synthetic_subject
 from occfusion_core.io import read_image, read_mask
-from occfusion_core.priors.configs import MaskCompletionConfig
+from occfusion_core.priors.configs import DiffusionModels, MaskCompletionConfig
 from occfusion_core.priors.segment import (
-    SamHQSegmenter, SegmenterUnavailable, complete_with_silhouette, mask_iou, shift_mask,
+    SamHQSegmenter,
+    SegmenterUnavailable,
+    complete_with_silhouette,
+    mask_iou,
+    shift_mask,
 )
 from occfusion_core.render.mesh import silhouette
 from occfusion_core.stages.masks import complete_masks
-
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -64,9 +66,9 @@ def small_subject(tmp_path_factory, proxy_body):
 @pytest.fixture(scope="module")
 def saved_models(tmp_path_factory):
     pytest.importorskip("diffusers")
-    from occfusion_core.priors.tiny import save_tiny_models
+    from occfusion_core.priors.smoke_test_models import save_smoke_test_models
 
-    return save_tiny_models(tmp_path_factory.mktemp("tiny_models"))
+    return save_smoke_test_models(tmp_path_factory.mktemp("tiny_models"))
 
 
 def test_silhouette_method_beats_the_visible_masks(noisy_subject, proxy_body_path, tmp_path):
@@ -134,8 +136,10 @@ def test_silhouette_follows_an_outline_wider_than_the_body(small_subject, proxy_
 
 def test_diffusion_method_runs_the_real_pipeline_on_tiny_models(small_subject, proxy_body_path, saved_models,
                                                                   tmp_path):
-    cfg = MaskCompletionConfig(method="diffusion", segmenter="silhouette", inpaint_model=str(saved_models["inpainting"]),
-                               controlnet_model=str(saved_models["controlnet"]), local_files_only=True,
+    cfg = MaskCompletionConfig(method="diffusion", segmenter="silhouette",
+                               models=DiffusionModels(base=str(saved_models["inpainting"]),
+                                                      controlnet=str(saved_models["controlnet"]),
+                                                      local_files_only=True),
                                num_inference_steps=2, roi_padding=4, device="cpu")
     out, generations = tmp_path / "masks", tmp_path / "generations"
     report = complete_masks(small_subject, proxy_body_path, cfg, out, tmp_path / "report.json", generations)
@@ -164,8 +168,9 @@ def test_diffusion_method_runs_the_real_pipeline_on_tiny_models(small_subject, p
 def test_diffusion_without_weights_fails_before_any_frame(small_subject, proxy_body_path, tmp_path):
     from occfusion_core.priors.diffusion import ModelWeightsMissing
 
-    cfg = MaskCompletionConfig(method="diffusion", segmenter="silhouette", inpaint_model=str(tmp_path / "no_sd"),
-                               controlnet_model=str(tmp_path / "no_controlnet"), device="cpu")
+    cfg = MaskCompletionConfig(method="diffusion", segmenter="silhouette",
+                               models=DiffusionModels(base=str(tmp_path / "no_sd"),
+                                                      controlnet=str(tmp_path / "no_controlnet")), device="cpu")
     with pytest.raises(ModelWeightsMissing, match="(?s)no_controlnet.*method: silhouette"):
         complete_masks(small_subject, proxy_body_path, cfg, tmp_path / "masks", tmp_path / "report.json")
     assert not (tmp_path / "masks").exists() and not (tmp_path / "report.json").exists()

@@ -8,17 +8,15 @@ import torch
 
 from occfusion_core.render.camera import Camera, intrinsics_from_fov, look_at
 from occfusion_core.render.mesh import (
-    depth_map, interpolate, pixel_ray_directions, rasterize_mesh, silhouette, vertex_normals,
+    depth_map,
+    interpolate,
+    pixel_ray_directions,
+    rasterize_mesh,
+    silhouette,
+    vertex_normals,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensor ops: one thread, as the synthetic generator runs them (threads only contend)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _screen_camera(width: int, height: int, f: float = 10.0) -> Camera:

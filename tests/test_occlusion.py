@@ -5,19 +5,16 @@ import pytest
 import torch
 
 from occfusion_core.data.occlusion import (
-    apply_occlusion, box_mesh, moving_box_occluder, occluded_frame_count, zju_band_masks,
+    apply_occlusion,
+    box_mesh,
+    moving_box_occluder,
+    occluded_frame_count,
+    zju_band_masks,
 )
 from occfusion_core.render.camera import Camera, intrinsics_from_fov, look_at
 from occfusion_core.render.mesh import rasterize_mesh
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensor ops: one thread, as the synthetic generator runs them (threads only contend)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _moving_person_masks(T=10, H=40, W=60):

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from occfusion_core.data.ocmotion import prepare_ocmotion
-from occfusion_core.data.sequence import read_sequence, validate_sequence
+from occfusion_core.data.sequence import read_sequence
+from occfusion_core.data.validate import validate_sequence
 from occfusion_core.io import InputError, read_image
 
 W, H = 32, 24

@@ -8,8 +8,17 @@ import torch
 
 from occfusion_core.body.model import BodyModel
 from occfusion_core.body.openpose import (
-    CANONICAL_HORS, LIMB_COLOR_SCALE, OPENPOSE_COLORS, OPENPOSE_LIMBS, OPENPOSE_NAMES, SMPL_TO_OPENPOSE,
-    canonical_camera, canonical_openpose_canvases, draw_openpose, openpose18, project_openpose,
+    CANONICAL_HORS,
+    LIMB_COLOR_SCALE,
+    OPENPOSE_COLORS,
+    OPENPOSE_LIMBS,
+    OPENPOSE_NAMES,
+    SMPL_TO_OPENPOSE,
+    canonical_camera,
+    canonical_openpose_canvases,
+    draw_openpose,
+    openpose18,
+    project_openpose,
     self_occlusion_valid,
 )
 from occfusion_core.body.proxy import write_proxy_smpl

@@ -11,18 +11,14 @@ import pytest
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from occfusion_core.priors import diffusion, tiny  # noqa: E402
+from occfusion_core.priors import diffusion, smoke_test_models  # noqa: E402
 from occfusion_core.priors.inpaint import padded_roi, poisson_fill, run_inpaint  # noqa: E402
-
-
-
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def saved_models(tmp_path_factory):
-    return tiny.save_tiny_models(tmp_path_factory.mktemp("tiny_models"))
+    return smoke_test_models.save_smoke_test_models(tmp_path_factory.mktemp("tiny_models"))
 
 
 def _best_time(build, repeats: int = 3):
@@ -36,9 +32,9 @@ def _best_time(build, repeats: int = 3):
 
 
 def test_tiny_models_build_fast_with_sd_geometry():
-    tiny.tiny_sds_models()  # warm the lazy diffusers imports
-    sds_seconds, models = _best_time(tiny.tiny_sds_models)
-    pipe_seconds, pipe = _best_time(tiny.tiny_inpaint_pipeline)
+    smoke_test_models.smoke_test_sds_models()  # warm the lazy diffusers imports
+    sds_seconds, models = _best_time(smoke_test_models.smoke_test_sds_models)
+    pipe_seconds, pipe = _best_time(smoke_test_models.smoke_test_inpaint_pipeline)
     assert sds_seconds < 1.0 and pipe_seconds < 1.0, f"building took {sds_seconds:.2f} s / {pipe_seconds:.2f} s"
     assert pipe.vae_scale_factor == 8  # same geometry as SD 1.5: boxes are multiples of 8
     assert pipe.unet.config.in_channels == 9 and models.unet.config.in_channels == 4
@@ -49,7 +45,7 @@ def test_tiny_models_build_fast_with_sd_geometry():
 def test_tiny_tokenizer_reads_its_written_vocabulary(tmp_path):
     from transformers import CLIPTokenizer
 
-    tok = CLIPTokenizer.from_pretrained(tiny.write_tiny_tokenizer(tmp_path))
+    tok = CLIPTokenizer.from_pretrained(smoke_test_models.write_tiny_tokenizer(tmp_path))
     ids = tok("two arms, two legs", padding="max_length", max_length=77).input_ids
     assert len(ids) == 77 and ids[0] == tok.bos_token_id
     text = tok.decode(ids, skip_special_tokens=True)

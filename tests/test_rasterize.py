@@ -87,7 +87,8 @@ def random_splats(n: int, seed: int, width: int, height: int, dtype) -> dict[str
     """2D Gaussians for ``rasterize_to_pixels``: a dense opaque pile (to trigger the early stop),
     clamped opacities, depth ties, a few indefinite conics and some boxes hanging off the image."""
     gen = torch.Generator().manual_seed(seed)
-    means2d = torch.rand(n, 2, generator=gen, dtype=dtype) * torch.tensor([width + 10.0, height + 10.0], dtype=dtype) - 5
+    means2d = (torch.rand(n, 2, generator=gen, dtype=dtype)
+               * torch.tensor([width + 10.0, height + 10.0], dtype=dtype) - 5)
     sx = torch.empty(n, dtype=dtype).uniform_(0.4, 6.0, generator=gen)
     sy = torch.empty(n, dtype=dtype).uniform_(0.4, 6.0, generator=gen)
     rho = torch.empty(n, dtype=dtype).uniform_(-0.8, 0.8, generator=gen)
@@ -449,9 +450,11 @@ def test_auto_resolves_to_an_available_backend():
 @pytest.mark.parametrize("failure", ["missing module", "build error"])
 def test_a_broken_backend_is_logged_once_and_auto_falls_back(monkeypatch, caplog, failure):
     if failure == "missing module":
-        module_name, level, reason = "occfusion_core.render.backends._no_such_module", logging.INFO, "ModuleNotFoundError"
+        module_name, level, reason = ("occfusion_core.render.backends._no_such_module", logging.INFO,
+                                      "ModuleNotFoundError")
     else:
-        module_name, level, reason = "fake_backend_that_fails_to_build", logging.WARNING, "RuntimeError: compiler exploded"
+        module_name, level, reason = ("fake_backend_that_fails_to_build", logging.WARNING,
+                                      "RuntimeError: compiler exploded")
         module = types.ModuleType(module_name)
 
         def register_backend():
@@ -459,7 +462,8 @@ def test_a_broken_backend_is_logged_once_and_auto_falls_back(monkeypatch, caplog
 
         module.register_backend = register_backend
         monkeypatch.setitem(sys.modules, module_name, module)
-    monkeypatch.setattr(backends, "BUILTIN_BACKEND_MODULES", {**backends.BUILTIN_BACKEND_MODULES, "broken": module_name})
+    monkeypatch.setattr(backends, "BUILTIN_BACKEND_MODULES",
+                        {**backends.BUILTIN_BACKEND_MODULES, "broken": module_name})
     monkeypatch.setattr(backends, "AUTO_PREFERENCE", ("broken", "torch"))
     monkeypatch.setattr(backends, "_LOAD_FAILURES", {})
     with caplog.at_level(logging.INFO, logger=backends.__name__):

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import run_killable
 import yaml
+from conftest import run_killable
 
 pytestmark = pytest.mark.workflow
 

@@ -11,22 +11,24 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from occfusion_core.priors.configs import GuidanceConfig  # noqa: E402
+from occfusion_core.priors.configs import DiffusionModels, GuidanceConfig  # noqa: E402
 from occfusion_core.priors.diffusion import sds_models_from_config  # noqa: E402
 from occfusion_core.priors.sds import (  # noqa: E402
-    CANONICAL, POSE, CanonicalViews, SilhouetteSDS, canonical_weight_mask, choose_branch, posed_openpose_canvas,
+    CANONICAL,
+    POSE,
+    CanonicalViews,
+    SilhouetteSDS,
+    canonical_weight_mask,
+    choose_branch,
+    posed_openpose_canvas,
     posed_sds_input,
 )
-
-
-
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def models():
-    return sds_models_from_config(GuidanceConfig(model_source="tiny"), "cpu")
+    return sds_models_from_config(GuidanceConfig(models=DiffusionModels(source="tiny")), "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -205,14 +207,15 @@ def test_pixel_and_sds_terms_keep_the_released_balance(guided_subject):
     from occfusion_core.config import OptimizeConfig
     from occfusion_core.data.sequence import read_sequence
     from occfusion_core.gaussians.human import HumanGaussians
-    from occfusion_core.stages.common import load_training_frames, render_gaussians
+    from occfusion_core.gaussians.rendering import render_gaussians
+    from occfusion_core.stages.frames import load_training_frames
     from occfusion_core.stages.guidance import Stage1Guidance
     from occfusion_core.stages.optimize import stage1_losses
 
     data, body_path = guided_subject
     body = load_body_model(body_path)
     frames = load_training_frames(read_sequence(data), body, [1.0, 1.0, 1.0], "cpu")
-    cfg = OptimizeConfig(lambda_lpips=0.0, sds=GuidanceConfig(enabled=True, model_source="tiny"))
+    cfg = OptimizeConfig(lambda_lpips=0.0, sds=GuidanceConfig(enabled=True, models=DiffusionModels(source="tiny")))
     assert cfg.pixel_loss_scale == 10000.0 and cfg.sds.pose_weight == cfg.sds.canonical_weight == 20.0
     model = HumanGaussians(body)
     guidance = Stage1Guidance(cfg.sds, model, body, frames, "cpu")
@@ -237,7 +240,7 @@ def test_optimize_runs_with_sds_through_stage1_guidance(guided_subject, tmp_path
 
     data, body_path = guided_subject
     cfg = OptimizeConfig(iterations=8, checkpoint_every=100, log_every=1, backend="auto", device="cpu",
-                         lambda_lpips=0.0, sds=GuidanceConfig(enabled=True, model_source="tiny"))
+                         lambda_lpips=0.0, sds=GuidanceConfig(enabled=True, models=DiffusionModels(source="tiny")))
     optimize(data, body_path, cfg, tmp_path / "model.pt", tmp_path / "renders", tmp_path / "ckpt", progress=False)
     saved = load_torch(tmp_path / "model.pt")
     assert "SDS (tiny random models" in saved["methods"]["stage1"]

@@ -12,11 +12,11 @@ import torch
 from occfusion_core.data.sequence import (
     FrameMeta,
     read_sequence,
-    validate_sequence,
     write_gt_frame,
     write_heldout,
     write_sequence,
 )
+from occfusion_core.data.validate import validate_sequence
 from occfusion_core.io import InputError, write_image, write_mask
 from occfusion_core.render.camera import Camera
 from occfusion_core.stages.validate import validate_subject
@@ -364,7 +364,8 @@ def test_bad_heldout_camera(seq_root: Path, edit, problem):
 
 def test_heldout_image_size_differs_from_camera(seq_root: Path):
     _edit_cameras(seq_root, lambda c: c.update(width=18))
-    _expect_error(seq_root, "gt/heldout/side/images/00000.png", "image is 16x20", "camera 'side' in cameras.json is 18x20")
+    _expect_error(seq_root, "gt/heldout/side/images/00000.png", "image is 16x20",
+                  "camera 'side' in cameras.json is 18x20")
 
 
 def test_heldout_frame_not_in_metadata(seq_root: Path):

@@ -14,7 +14,7 @@ from occfusion_core.body.model import load_body_model
 from occfusion_core.body.proxy import write_proxy_smpl
 from occfusion_core.config import OptimizeConfig, RefineConfig, SyntheticConfig, to_dict
 from occfusion_core.data.synthetic import generate_synthetic_subject
-from occfusion_core.io import load_torch
+from occfusion_core.io import InputError, load_torch
 from occfusion_core.stages.optimize import optimize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,10 +58,10 @@ def test_optimize_writes_model_and_renders_and_lowers_the_loss(tiny_subject, tmp
 
 
 def test_visible_region_keeps_hidden_pixels_out_of_the_colour_loss(tiny_subject):
-    from occfusion_core.stages.common import load_training_frames
-    from occfusion_core.stages.optimize import stage1_losses
     from occfusion_core.data.sequence import read_sequence
     from occfusion_core.render.rasterize import RenderOutput
+    from occfusion_core.stages.frames import load_training_frames
+    from occfusion_core.stages.optimize import stage1_losses
 
     data, body_path = tiny_subject
     seq = read_sequence(data)
@@ -117,29 +117,83 @@ def test_killed_stage1_resumes_from_its_checkpoint_and_ends_where_an_uninterrupt
         torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-6, msg=f"parameter {key}")
 
 
+def run_until_checkpoint(count: int, *optimize_args) -> list[int]:
+    """Run ``optimize(*optimize_args)`` and stop it (KeyboardInterrupt) right after its ``count``-th
+    checkpoint is written; the iterations of the checkpoints written."""
+    from occfusion_core.stages import checkpoint
+
+    write, saved = checkpoint.save_torch, []
+
+    def save_then_maybe_stop(path, obj):
+        write(path, obj)
+        saved.append(obj["iteration"])
+        if len(saved) == count:
+            raise KeyboardInterrupt
+
+    checkpoint.save_torch = save_then_maybe_stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            optimize(*optimize_args, progress=False)
+    finally:
+        checkpoint.save_torch = write
+    return saved
+
+
+def test_a_truncated_checkpoint_is_moved_aside_and_the_previous_one_resumed(tiny_subject, tmp_path, caplog):
+    """A user's run was killed, then its latest checkpoint truncated: the next run names the file,
+    moves it aside, resumes from the checkpoint before it, and ends where an uninterrupted run ends;
+    with both unreadable it starts over instead of stopping."""
+    from occfusion_core.stages.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME
+
+    data, body_path = tiny_subject
+    cfg = tiny_cfg(iterations=12, checkpoint_every=4)
+    ck = tmp_path / "ckpt"
+    optimize(data, body_path, cfg, tmp_path / "ref.pt", tmp_path / "r0", tmp_path / "ck0", progress=False)
+    saved = run_until_checkpoint(2, data, body_path, cfg, tmp_path / "m.pt", tmp_path / "r", ck)
+    assert saved == [4, 8] and load_torch(ck / PREVIOUS_NAME)["iteration"] == 4
+    latest = ck / CHECKPOINT_NAME
+    latest.write_bytes(latest.read_bytes()[:200])  # truncated
+    with pytest.raises(InputError, match="cannot load checkpoint"):
+        load_torch(latest)
+    with caplog.at_level("WARNING"):
+        summary = optimize(data, body_path, cfg, tmp_path / "m.pt", tmp_path / "r", ck, progress=False)
+    assert summary["resumed_from"] == 4
+    assert any(str(latest) in r.getMessage() and f"moved it to {latest}.unreadable" in r.getMessage()
+               for r in caplog.records)
+    ref, got = (load_torch(tmp_path / "ref.pt")["model"]["state_dict"],
+                load_torch(tmp_path / "m.pt")["model"]["state_dict"])
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-6, msg=f"parameter {key}")
+
+    # both unreadable: a fresh start, not an error
+    ck2 = tmp_path / "ck2"
+    ck2.mkdir()
+    for name in (CHECKPOINT_NAME, PREVIOUS_NAME):
+        (ck2 / name).write_bytes(b"not a checkpoint")
+    summary = optimize(data, body_path, cfg, tmp_path / "m2.pt", tmp_path / "r2", ck2, progress=False)
+    assert summary["resumed_from"] == 0
+
+
+def test_a_foreign_pickle_is_refused_by_name(tmp_path):
+    """Only tensors and plain types load; a pickle holding anything else is an InputError naming it."""
+    path = tmp_path / "model.pt"
+    torch.save({"obj": _NotPlain()}, path)
+    with pytest.raises(InputError, match=r"model\.pt: not a file this version of the project wrote"):
+        load_torch(path)
+
+
+class _NotPlain:
+    pass
+
+
 def test_changed_settings_do_not_resume_a_foreign_checkpoint(tiny_subject, tmp_path, caplog):
     data, body_path = tiny_subject
-    from occfusion_core.stages.training import CHECKPOINT_NAME
+    from occfusion_core.stages.checkpoint import CHECKPOINT_NAME
 
     cfg = tiny_cfg(iterations=12, checkpoint_every=4)
     ck = tmp_path / "ckpt"
     # leave a checkpoint behind from a run with other settings
-    from occfusion_core.stages import training
-
-    orig = training.save_torch
-    calls = []
-
-    def save_and_stop(path, obj):
-        orig(path, obj)
-        calls.append(path)
-        raise KeyboardInterrupt
-
-    training.save_torch = save_and_stop
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            optimize(data, body_path, cfg, tmp_path / "m.pt", tmp_path / "r", ck, progress=False)
-    finally:
-        training.save_torch = orig
+    run_until_checkpoint(1, data, body_path, cfg, tmp_path / "m.pt", tmp_path / "r", ck)
     assert (ck / CHECKPOINT_NAME).exists()
     other = tiny_cfg(iterations=12, checkpoint_every=4, lambda_mask=0.5)
     with caplog.at_level("INFO"):

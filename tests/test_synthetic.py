@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import binary_dilation, binary_erosion
 import pytest
 import torch
+from scipy.ndimage import binary_dilation, binary_erosion
 from scipy.spatial.transform import Rotation
 
 from occfusion_core.config import SyntheticConfig, to_dict
@@ -17,20 +17,14 @@ from occfusion_core.data.motion import ground_trans, novel_pose_motion, walk_tur
 from occfusion_core.data.synthetic import generate_synthetic_subject, heldout_azimuths, view_name
 from occfusion_core.data.texture import GARMENT_NAMES, JOINT_GARMENT, BodyTexture
 from occfusion_core.io import read_image, read_json, read_mask
-from occfusion_core.render.camera import Camera, orbit_cameras, intrinsics_from_fov
+from occfusion_core.render.camera import Camera, intrinsics_from_fov, orbit_cameras
 from occfusion_core.render.mesh import silhouette
 
 NOISE = {"pose_noise_deg": 2.0, "trans_noise_m": 0.02, "noise_correlation_frames": 0.0}
 EXACT = {"pose_noise_deg": 0.0, "trans_noise_m": 0.0, "betas_noise": 0.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensor ops: one thread, as the synthetic generator runs them (threads only contend)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,19 +8,24 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA
 
 from occfusion_core.body.fit import CAMERA_W2C
 from occfusion_core.data.keypoints import DETECTOR, mediapipe_available
-from occfusion_core.data.sequence import read_sequence, validate_sequence
+from occfusion_core.data.occlusion import estimate_background, occlude_sequence, simulate_occlusion
+from occfusion_core.data.sequence import FrameMeta, read_sequence, write_sequence
 from occfusion_core.data.source_configs import FitConfig, SimulatedOcclusionConfig, VideoConfig
-from occfusion_core.data.sequence import FrameMeta, write_sequence
-from occfusion_core.data.video import (estimate_background, mask_box_heights, occlude_sequence, person_mask,
-                                       prepare_video, read_cropped_frames, read_video_frames, scaled_size,
-                                       simulate_occlusion, video_intrinsics)
+from occfusion_core.data.validate import validate_sequence
+from occfusion_core.data.video import (
+    prepare_video,
+    read_cropped_frames,
+    read_video_frames,
+    scaled_size,
+    video_intrinsics,
+)
 from occfusion_core.io import InputError, write_video
+from occfusion_core.masks import mask_box_heights, person_mask
 from occfusion_core.render.camera import Camera
-
-from conftest import SHARED_DATA
 
 TAIJI = SHARED_DATA / "taiji.mp4"
 needs_mediapipe = pytest.mark.skipif(not mediapipe_available(), reason="mediapipe 0.10.21 is not installed")
@@ -40,7 +45,7 @@ def tiny_video(tmp_path_factory):
     return path
 
 
-def test_read_video_frames_samples_and_scales(tiny_video):
+def test_read_video_frames_samples_and_scales(tiny_video, tmp_path):
     video = read_video_frames(tiny_video, start_frame=1, frame_stride=3, max_side=32)
     assert video.indices.tolist() == [1, 4, 7]
     assert video.images.shape == (3, 24, 32, 3) and video.images.dtype == np.uint8
@@ -52,6 +57,10 @@ def test_read_video_frames_samples_and_scales(tiny_video):
         read_video_frames(tiny_video, start_frame=50)
     with pytest.raises(InputError, match="missing"):
         read_video_frames(tiny_video.with_name("absent.mp4"))
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"this is not a video")
+    with pytest.raises(InputError, match=r"broken\.mp4: not a readable video \(ffmpeg: .+\)$"):
+        read_video_frames(broken)
 
 
 def test_scaled_size_and_intrinsics():

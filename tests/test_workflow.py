@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_killable
 import yaml
+from conftest import run_killable
 
 pytestmark = pytest.mark.workflow
 

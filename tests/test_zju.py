@@ -12,10 +12,18 @@ import torch
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from occfusion_core.data.sequence import read_sequence, validate_sequence
+from occfusion_core.data.sequence import read_sequence
 from occfusion_core.data.source_configs import ZJUConfig
-from occfusion_core.data.zju import (ZJU_OCCLUSION, band_columns, prepare_zju, rest_pelvis, subject_id, undistort,
-                                     zju_to_smpl)
+from occfusion_core.data.validate import validate_sequence
+from occfusion_core.data.zju import (
+    ZJU_OCCLUSION,
+    band_columns,
+    prepare_zju,
+    rest_pelvis,
+    subject_id,
+    undistort,
+    zju_to_smpl,
+)
 from occfusion_core.io import InputError
 from occfusion_core.render.camera import Camera, look_at
 from occfusion_core.render.mesh import rasterize_mesh

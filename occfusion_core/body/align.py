@@ -38,13 +38,13 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..config import BodyRefineConfig
 from ..masks import oriented_edges, outline_evidence, signed_distance
+from .configs import BodyRefineConfig
 from .refine import BodyRefinement, rotation_error_deg
 
 if TYPE_CHECKING:
-    from ..priors.configs import BodyAlignConfig
     from ..render.camera import Camera
+    from .configs import BodyAlignConfig
     from .model import BodyModel
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ def align_to_evidence(body: "BodyModel", poses: np.ndarray, betas: np.ndarray, t
     Returns:
         :class:`AlignResult`.
     """
-    from ..data.keypoints import LANDMARK_FROM_JOINTS45, LANDMARK_WEIGHTS
+    from .landmarks import LANDMARK_FROM_JOINTS45, LANDMARK_WEIGHTS
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # many small tensors: extra threads only add overhead
@@ -297,7 +297,8 @@ def align_to_evidence(body: "BodyModel", poses: np.ndarray, betas: np.ndarray, t
         # curvature, where Adam's per-coordinate normalisation would random-walk the directions the
         # evidence barely sees. The nearest-vertex assignments and the evidence are refreshed between
         # rounds (they are piecewise constant, so each round's objective is smooth).
-        params = [refinement.delta_pose, refinement.delta_trans] + ([refinement.delta_betas] if cfg.refine_shape else [])
+        params = ([refinement.delta_pose, refinement.delta_trans]
+                  + ([refinement.delta_betas] if cfg.refine_shape else []))
         optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=cfg.iterations_per_round, history_size=20,
                                       line_search_fn="strong_wolfe")
         final = {}

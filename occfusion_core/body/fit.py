@@ -41,8 +41,8 @@ import torch
 from scipy.spatial.transform import Rotation
 from smplx.lbs import batch_rigid_transform, batch_rodrigues
 
-from ..data.keypoints import BONE_LANDMARKS, BONES, LANDMARK_FROM_JOINTS45, LANDMARK_WEIGHTS, TORSO_LANDMARKS
-from ..data.source_configs import FitConfig
+from .configs import FitConfig
+from .landmarks import BONE_LANDMARKS, BONES, LANDMARK_FROM_JOINTS45, LANDMARK_WEIGHTS, TORSO_LANDMARKS
 from .model import BodyModel
 
 CAMERA_W2C = np.diag([1.0, -1.0, -1.0, 1.0])

@@ -51,7 +51,8 @@ def project_openpose(joints18: torch.Tensor, camera: Camera) -> tuple[torch.Tens
 
 def self_occlusion_valid(uv: torch.Tensor, depth: torch.Tensor, depth_map: torch.Tensor,
                          tol: float = 0.3) -> torch.Tensor:
-    """OccFusion's self-occlusion z-test for the OpenPose condition (reference §2 step 6).
+    """OccFusion's self-occlusion z-test for the OpenPose condition (OccFusion's released code,
+    ``stage0_oc.py``; docs/method.md, "Stage 0: mask completion").
 
     Args:
         uv: (18, 2) pixel coordinates; pixel (row i, col j) covers [j, j+1) x [i, i+1).
@@ -113,8 +114,9 @@ def draw_openpose(uv: torch.Tensor | np.ndarray, valid: torch.Tensor | np.ndarra
 
 
 def canonical_camera(hor_deg: float) -> Camera:
-    """OccFusion's canonical SDS camera (reference §3.4): 512x512, f=1000, c=256, orbit radius 4.5,
-    elevation 0, azimuth ``hor_deg`` (0: camera on +z, facing the body's front), looking at the origin."""
+    """OccFusion's canonical SDS camera (OccFusion's released code, ``stage1.py`` with
+    ``scene/cameras.py: orbit_camera``): 512x512, f=1000, c=256, orbit radius 4.5, elevation 0, azimuth
+    ``hor_deg`` (0: camera on +z, facing the body's front), looking at the origin."""
     a = math.radians(hor_deg)
     eye = (CANONICAL_RADIUS * math.sin(a), 0.0, CANONICAL_RADIUS * math.cos(a))
     K = torch.tensor([[CANONICAL_FOCAL, 0.0, CANONICAL_SIZE / 2],
@@ -134,7 +136,8 @@ def canonical_openpose_joints(body: BodyModel) -> torch.Tensor:
 
 
 def canonical_openpose_canvases(body: BodyModel, hors=CANONICAL_HORS) -> dict[int, np.ndarray]:
-    """The canonical-space SDS conditions (assets/daposesv2/<hor>.png; reference §10).
+    """The canonical-space SDS conditions, drawn here in place of the released code's downloaded
+    ``assets/daposesv2/<hor>.png`` (docs/method.md, "Score distillation (SDS)").
 
     Returns:
         {hor: (512, 512, 3) uint8 canvas}: the big-pose body seen from each azimuth, all joints

@@ -31,7 +31,7 @@ import torch
 from smplx.lbs import batch_rodrigues
 from torch import nn
 
-from ..config import BodyRefineConfig
+from .configs import BodyRefineConfig
 
 
 class BodyRefinement(nn.Module):

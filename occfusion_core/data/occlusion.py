@@ -1,23 +1,39 @@
 """Simulated occlusion of a person in a video, for any source with complete person masks.
 
-- :func:`zju_band_masks`: the ZJU-MoCap protocol of OccNeRF, reused by OccFusion (anchors.md A4): in
-  the first 80 % of the frames a vertical band covering the central 50 % of the person's width is
-  hidden; the band shows the background, i.e. the person is erased there.
+- :func:`zju_band_masks`: the ZJU-MoCap protocol of OccNeRF, reused by OccFusion (docs/method.md,
+  "Evaluation protocols"): in the first 80 % of the frames a vertical band covering the central 50 %
+  of the person's width is hidden; the band shows the background, i.e. the person is erased there.
 - :func:`moving_box_occluder`: a wooden crate moving across in front of the person, drawn with the
   mesh rasterizer, so it has a real depth and hides only what lies behind it.
 - :func:`apply_occlusion`: composite an occluder into a frame and derive the visible person mask.
+- :func:`simulate_occlusion`: either occluder over real frames with complete masks (what a band
+  shows: :func:`band_fill`, e.g. the static background :func:`estimate_background` recovers);
+  :func:`occlude_sequence` does it in place on a written sequence folder, moving the originals to ``gt/``.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 
+from occfusion_core import io
+from occfusion_core.data.sequence import read_sequence, write_gt_frame
+from occfusion_core.data.source_configs import SimulatedOcclusionConfig
+from occfusion_core.io import InputError
 from occfusion_core.render.camera import Camera
 from occfusion_core.render.mesh import interpolate, rasterize_mesh
+
+OCCLUSION_KINDS = ("none", "zju_band", "object")
+BAND_FILLS = ("background", "white", "black")
+BACKGROUND_MAX_FRAMES = 50
+"""The background median uses at most this many frames (evenly spaced)."""
+BACKGROUND_MARGIN_PX = 3
+"""Person masks are grown by this many pixels before a pixel counts as showing background."""
 
 
 def occluded_frame_count(frames: int, occluded_frames_fraction: float) -> int:
@@ -253,3 +269,201 @@ def moving_box_occluder(
     mask = np.isfinite(depth) & (depth < person_depth)
     rgb[~mask] = 0.0
     return BoxOccluder(rgb=rgb, mask=mask, depth=depth)
+
+
+# ----------------------------------------------------------------------------------------------
+# Simulated occlusion on real frames
+# ----------------------------------------------------------------------------------------------
+
+def estimate_background(images: np.ndarray, person_masks: np.ndarray,
+                        max_frames: int = BACKGROUND_MAX_FRAMES,
+                        margin_px: int = BACKGROUND_MARGIN_PX) -> tuple[np.ndarray, np.ndarray]:
+    """Background of a static camera: per pixel, the median over frames where no person covers it.
+
+    Pixels covered in every frame take the colour of the nearest pixel that is not (so a band drawn
+    there shows a plausible smear rather than the person).
+
+    Args:
+        images: (T, H, W, 3) uint8; person_masks: (T, H, W) bool.
+
+    Returns:
+        background (H, W, 3) uint8, known (H, W) bool (pixels seen free in some frame).
+    """
+    T, H, W = person_masks.shape
+    pick = np.unique(np.linspace(0, T - 1, min(T, max_frames)).round().astype(int))
+    covered = np.stack([ndimage.binary_dilation(person_masks[t], iterations=margin_px) if margin_px > 0
+                        else person_masks[t] for t in pick])
+    background = np.zeros((H, W, 3), dtype=np.float32)
+    chunk = max(1, 2_000_000 // max(1, len(pick) * W * 3))  # rows per chunk: bounded memory
+    for r0 in range(0, H, chunk):
+        block = images[pick, r0:r0 + chunk].astype(np.float32)
+        block[covered[:, r0:r0 + chunk]] = np.nan
+        with np.errstate(all="ignore"), _quiet_nan_warnings():
+            background[r0:r0 + chunk] = np.nanmedian(block, axis=0)
+    known = ~covered.all(axis=0)
+    if not known.any():
+        return np.zeros((H, W, 3), dtype=np.uint8), known
+    if not known.all():
+        _, (ri, ci) = ndimage.distance_transform_edt(~known, return_indices=True)
+        background = background[ri, ci]
+    return np.clip(background + 0.5, 0, 255).astype(np.uint8), known
+
+
+class _quiet_nan_warnings:
+    """Silence numpy's 'All-NaN slice' warning (those pixels are filled afterwards)."""
+
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+
+
+def band_fill(kind: str, images: np.ndarray, person_masks: np.ndarray) -> tuple[np.ndarray, dict]:
+    """What a band occluder shows: (H, W, 3) uint8 background estimate or constant colour, and a note."""
+    if kind == "background":
+        background, known = estimate_background(images, person_masks)
+        return background, {"band_fill": "background (per-pixel median of frames where the person "
+                                          "does not cover the pixel; never-free pixels: nearest free "
+                                          "pixel's colour)", "background_known_fraction": float(known.mean())}
+    if kind in ("white", "black"):
+        value = 255 if kind == "white" else 0
+        return np.full(images.shape[1:], value, dtype=np.uint8), {"band_fill": kind}
+    raise ValueError(f"band_fill: {kind!r} is not one of {', '.join(BAND_FILLS)}")
+
+
+@dataclass
+class SimulatedOcclusion:
+    """Occluded frames and their ground truth.
+
+    Attributes:
+        images: (T, H, W, 3) uint8 occluded frames.
+        visible_masks: (T, H, W) bool complete person mask minus occluder.
+        occluder_masks: (T, H, W) bool occluder pixels.
+        summary: JSON-ready description (kind, settings, frames occluded, hidden share of the person).
+    """
+
+    images: np.ndarray
+    visible_masks: np.ndarray
+    occluder_masks: np.ndarray
+    summary: dict
+
+
+def simulate_occlusion(images: np.ndarray, full_masks: np.ndarray, cfg: SimulatedOcclusionConfig,
+                       camera=None, person_centers: np.ndarray | None = None,
+                       background: np.ndarray | None = None) -> SimulatedOcclusion:
+    """Hide part of the person in real frames; the inputs are the ground truth.
+
+    Args:
+        images: (T, H, W, 3) uint8 unoccluded frames.
+        full_masks: (T, H, W) bool complete person masks.
+        cfg: kind 'zju_band' (:func:`occfusion_core.data.occlusion.zju_band_masks`, filled per
+            ``cfg.band_fill``) or 'object' (a crate from
+            :func:`occfusion_core.data.occlusion.moving_box_occluder`).
+        camera: :class:`occfusion_core.render.camera.Camera` of the frames ('object' only).
+        person_centers: (T, 3) world points the crate aims at, e.g. the fitted pelvis ('object' only).
+        background: (T, H, W, 3) uint8 background of every frame for ``band_fill: background`` (e.g.
+            estimated in the uncropped video and cut like each frame); None: estimated from ``images``.
+
+    Raises:
+        ValueError: unknown kind, missing camera for 'object', or an occluder hiding the whole person.
+    """
+    images = np.asarray(images)
+    full_masks = np.asarray(full_masks, dtype=bool)
+    T = len(images)
+    summary: dict = {"kind": cfg.kind, "occluded_frames_fraction": cfg.occluded_frames_fraction}
+    if cfg.kind == "zju_band":
+        occluder = zju_band_masks(full_masks, cfg.occluded_frames_fraction, cfg.band_width_fraction)
+        if background is not None and cfg.band_fill == "background":
+            fills, note = np.asarray(background), {"band_fill": "background (per-pixel median of the uncropped "
+                                                                 "frames where the person does not cover the pixel)"}
+        else:
+            fill, note = band_fill(cfg.band_fill, images, full_masks)
+            fills = np.broadcast_to(fill, images.shape)
+        summary.update(note, band_width_fraction=cfg.band_width_fraction,
+                       rule="ZJU-MoCap/OccNeRF protocol: vertical band over the central part of the "
+                            "person's horizontal extent, full image height, in the first frames")
+    elif cfg.kind == "object":
+        if camera is None or person_centers is None:
+            raise ValueError("simulated occlusion 'object' needs the camera and the person's centres")
+        R = camera.R.double().numpy()
+        t = camera.t.double().numpy()
+        depth = (np.asarray(person_centers, np.float64) @ R.T + t)[:, 2]  # (T,) camera z of the person
+        person_depth = np.where(full_masks, depth[:, None, None], np.inf).astype(np.float32)
+        box = moving_box_occluder(camera, person_centers, person_depth, cfg.occluded_frames_fraction,
+                                  seed=cfg.seed)
+        occluder = box.mask
+        fills = (np.clip(box.rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        summary.update(seed=cfg.seed, rule="a wooden crate sliding across between camera and person "
+                                           "(moving_box_occluder), drawn by the mesh rasterizer")
+    else:
+        raise ValueError(f"simulated occlusion: kind {cfg.kind!r} is not one of zju_band, object "
+                         "('none' needs no call)")
+    out = np.empty_like(images)
+    visible = np.empty_like(full_masks)
+    for i in range(T):
+        out[i], visible[i] = apply_occlusion(images[i], full_masks[i], occluder[i], fills[i])
+        if full_masks[i].any() and not visible[i].any():
+            raise ValueError(f"simulated occlusion hides the whole person in frame {i}")
+    occluded = occluder.reshape(T, -1).any(axis=1)
+    person_px = full_masks.reshape(T, -1).sum(axis=1)
+    hidden = (full_masks & occluder).reshape(T, -1).sum(axis=1) / np.maximum(person_px, 1)
+    summary.update(occluded_frames=int(occluded.sum()),
+                   hidden_fraction_mean=float(hidden[occluded].mean()) if occluded.any() else 0.0)
+    return SimulatedOcclusion(out, visible, occluder, summary)
+
+
+def occlude_sequence(root: str | os.PathLike, cfg: SimulatedOcclusionConfig, body_model=None) -> dict:
+    """Simulated occlusion on an already written sequence folder (any source), in place.
+
+    The folder's current frames and masks are taken as complete: they move to ``gt/images`` and
+    ``gt/full_masks`` (with ``gt/occluder_masks``), and ``images/`` and ``masks/`` get the occluded
+    frames and the visible masks. 'object' aims the crate at the bodies of ``metadata.json``, seen
+    from the first frame's camera (``body_model`` needed).
+
+    Raises:
+        InputError: the folder already has ground truth (``gt/``), which would be overwritten.
+    """
+    seq = read_sequence(root)
+    if seq.gt_root.exists():
+        raise InputError(seq.gt_root, "the sequence already has ground truth; simulated occlusion would "
+                                      "overwrite it")
+    images = np.stack([seq.image(n) for n in seq.frames])
+    masks = np.stack([seq.mask(n) for n in seq.frames])
+    camera = centres = None
+    if cfg.kind == "object":
+        if body_model is None:
+            raise ValueError("occlude_sequence: 'object' needs the body model (the crate aims at the body)")
+        camera = seq.camera(seq.frames[0])
+        params = seq.body_params()
+        centres = pelvis_positions(body_model, params["poses"], params["betas"], params["trans"])
+    occlusion = simulate_occlusion(images, masks, cfg, camera, centres)
+    for t, name in enumerate(seq.frames):
+        write_gt_frame(seq.root, name, images[t], masks[t], occlusion.occluder_masks[t])
+        for folder, path, write, value in (("images", seq.image_path(name), io.write_image, occlusion.images[t]),
+                                           ("masks", seq.mask_path(name), io.write_mask, occlusion.visible_masks[t])):
+            target = seq.root / folder / f"{name}.png"
+            write(target, value)
+            if path != target and path.exists():  # a .jpg frame is replaced by the .png written
+                path.unlink()
+    info = dict(seq.info)
+    info.update(occlusion=cfg.kind, occlusion_settings=occlusion.summary)
+    io.write_json(seq.root / "info.json", info)
+    return occlusion.summary
+
+
+def pelvis_positions(body_model, poses, betas, trans) -> np.ndarray:
+    """(T, 3) world pelvis of bodies poses (T, 72), betas (T, 10), trans (T, 3)."""
+    import torch
+
+    from occfusion_core.body.fit import JointsFK
+
+    with torch.no_grad():
+        joints, _ = JointsFK(body_model)(torch.as_tensor(np.asarray(poses), dtype=torch.float32),
+                                         torch.as_tensor(np.asarray(betas), dtype=torch.float32),
+                                         torch.as_tensor(np.asarray(trans), dtype=torch.float32))
+    return joints[:, 0].double().numpy()

@@ -13,24 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from occfusion_core.data.sequence import FrameMeta, Sequence, validate_sequence, write_sequence
-
-
-def _resize(array: np.ndarray, size_hw: tuple[int, int], area: bool) -> np.ndarray:
-    """Resize uint8 (H, W, 3) with area averaging, or bool (H, W) with nearest, to ``size_hw``.
-
-    PIL maps the output pixel grid onto the input's corner to corner, the same convention as
-    scaling K by the size ratio.
-    """
-    from PIL import Image
-
-    h, w = size_hw
-    if array.shape[:2] == (h, w):
-        return array
-    if area:
-        return np.asarray(Image.fromarray(array).resize((w, h), Image.Resampling.BOX))
-    img = Image.fromarray(array.astype(np.uint8) * 255)
-    return np.asarray(img.resize((w, h), Image.Resampling.NEAREST)) > 127
+from occfusion_core.data.sequence import FrameMeta, Sequence, write_sequence
+from occfusion_core.data.validate import validate_sequence
+from occfusion_core.imaging import resize
 
 
 def prepare_ocmotion(
@@ -80,8 +65,8 @@ def prepare_ocmotion(
         for name in names:
             m = src.meta[name]
             meta = FrameMeta(m.poses, m.betas, m.trans, K_scale @ m.K, m.w2c)
-            yield (name, _resize(src.image(name), (out_h, out_w), area=True),
-                   _resize(src.mask(name), (out_h, out_w), area=False), meta)
+            yield (name, resize(src.image(name), (out_w, out_h), "box"),
+                   resize(src.mask(name), (out_w, out_h), "nearest"), meta)
 
     info = {
         "source": "ocmotion",

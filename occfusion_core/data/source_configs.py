@@ -5,51 +5,12 @@ Plain dataclasses with a docstring per field, like :mod:`occfusion_core.config`;
 :func:`occfusion_core.config.from_dict` (nested dicts become the nested dataclasses).
 """
 
-# No "from __future__ import annotations": field types stay classes, so config.from_dict recurses
-# into the nested dataclasses without a name table.
+from __future__ import annotations
+
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
-
-@dataclass
-class FitConfig:
-    """SMPLify-style fit of the body to 2D keypoints and 3D world landmarks (:mod:`occfusion_core.body.fit`)."""
-
-    iterations_global: int = 60
-    """Stage 1: Adam steps on global orientation and translation only (torso keypoints)."""
-    iterations_pose: int = 200
-    """Stage 2: Adam steps on orientation, translation and body pose."""
-    iterations_all: int = 120
-    """Stage 3: Adam steps on everything, shared shape (betas) included."""
-    learning_rate: float = 0.03
-    """Adam learning rate of stages 1 and 2 (stage 3 uses half of it)."""
-    min_visibility: float = 0.5
-    """Keypoints with a detector visibility below this get no weight."""
-    robust_sigma: float = 0.1
-    """Geman-McClure scale of the 2D term, as a fraction of the person's keypoint box height."""
-    weight_2d: float = 1.0
-    """Weight of the robust 2D reprojection term (residuals in units of the box height)."""
-    weight_3d: float = 0.05
-    """Weight of the 3D world-landmark prior (bone directions after aligning orientation)."""
-    weight_detector_frame: float = 0.1
-    """Weight of the prior that MediaPipe's skeleton is seen along the ray through the hips (squared
-    angle, rad^2, of the one free clip-wide offset rotation): anchors the body's lean towards or away
-    from the camera, which 2D keypoints barely show. 0 leaves the offset free."""
-    weight_pose: float = 1e-4
-    """Weight of the quadratic pull of every joint angle towards the rest pose."""
-    weight_limits: float = 1.0
-    """Weight of the per-joint angle limits (knee/elbow hyper-extension, spine, neck ...)."""
-    weight_shape: float = 1e-5
-    """Weight of the shape prior ||betas||^2."""
-    weight_smooth_pose: float = 0.01
-    """Weight of temporal smoothness of joint rotations (squared second differences of the rotation
-    matrices between consecutive frames: steady motion is free, jitter is not), for frames 1/30 s
-    apart; scaled by (1/30 s / frame interval)^3 for other spacings."""
-    weight_smooth_trans: float = 0.1
-    """Weight of temporal smoothness of the translation (squared second differences, metres), for
-    frames 1/30 s apart; scaled like weight_smooth_pose."""
-    progress: bool = True
-    """Show a progress bar (tqdm on stderr)."""
+from ..body.configs import FitConfig
 
 
 @dataclass
@@ -120,12 +81,12 @@ class VideoConfig:
     """First video frame used (0-based)."""
     frame_stride: int = 1
     """Use every k-th video frame from start_frame."""
-    max_frames: Optional[int] = None
+    max_frames: int | None = None
     """At most this many frames (after the stride); None: to the end of the video."""
-    max_side: Optional[int] = 512
+    max_side: int | None = 512
     """Longer side of the frames written, in pixels, after the crop (a crop is resampled to exactly
     this; without a crop the frame is only ever scaled down); None keeps the crop's own size."""
-    intrinsics: Optional[list] = None
+    intrinsics: list | None = None
     """[fx, fy, cx, cy] in pixels of the original video (before max_side scaling); None: derived from
     fov_deg with the principal point at the image centre."""
     fov_deg: float = 60.0
@@ -140,7 +101,7 @@ class VideoConfig:
     nearest the frame centre) or [x0, y0, x1, y1], a box in the video's pixels around them."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """How the subject is followed from frame to frame."""
-    track_max_side: Optional[int] = 960
+    track_max_side: int | None = 960
     """Longer side (pixels) of the frames the subject is tracked in; None: the video's size."""
     crop: str = "person"
     """'person': cut every frame to the person's region before scaling to max_side (one crop for a
@@ -172,7 +133,7 @@ class ZJUConfig:
 
     path: str = ""
     """The subject folder holding annots.npy, the camera image folders, mask folders and smpl_params/."""
-    subject: Optional[str] = None
+    subject: str | None = None
     """Subject id for the occlusion table (377, 386, 387, 392, 393, 394); None: the last '_'-separated
     token of the folder name (my_377, CoreView_377)."""
     camera: int = 0
@@ -188,10 +149,11 @@ class ZJUConfig:
     undistort: bool = True
     """Undistort images and masks with the cameras' distortion coefficients D (as GauHuman does)."""
     occlusion: str = "zju_band"
-    """'zju_band' (the per-subject band of anchors A4 on the training frames) or 'none'."""
-    band_mid_px: Optional[float] = None
+    """'zju_band' (OccNeRF's per-subject band, :data:`occfusion_core.data.zju.ZJU_OCCLUSION`, on the
+    training frames) or 'none'."""
+    band_mid_px: float | None = None
     """Band centre column in full-resolution pixels; None: the subject's value from the table."""
-    band_width_px: Optional[float] = None
+    band_width_px: float | None = None
     """Band width in full-resolution pixels; None: the subject's value from the table."""
     occluded_frames: str = "fraction"
     """Which training frames are occluded: 'fraction' (the first occluded_frames_fraction of the
@@ -202,7 +164,7 @@ class ZJUConfig:
     band_fill: str = "background"
     """What the band shows: 'background' (per-pixel median of the training frames where no person
     covers the pixel), 'white' or 'black'."""
-    heldout_views: Optional[int] = None
+    heldout_views: int | None = None
     """Number of evaluation cameras (the cameras after the training camera, in order); None: all
     other cameras (22 in ZJU-MoCap)."""
     heldout_frame_stride: int = 30

@@ -131,7 +131,7 @@ def mask_box_in_frame(mask: np.ndarray, region: Box) -> Box | None:
 def detect_in_region(detector, frame: np.ndarray, region: Box, size: int, mask_threshold: float = 0.5,
                      min_component_fraction: float = 0.05) -> PersonDetection | None:
     """Run the pose detector on one square region of the frame; results in frame pixels."""
-    from .video import person_mask
+    from ..masks import person_mask
 
     crop = crop_square(frame, region, size)
     det = detector(crop)
@@ -231,7 +231,8 @@ def mask_outside_keypoints(detection: PersonDetection, grow: float = 0.15) -> fl
     x1, y1 = pts.max(0)
     g = grow * max(y1 - y0, x1 - x0)
     keep = paste_mask(np.ones((1, 1), bool), (x0 - g, y0 - g, x1 + g, y1 + g), detection.mask.shape,
-                      origin=detection.region[:2], scale=detection.mask.shape[0] / (detection.region[2] - detection.region[0]))
+                      origin=detection.region[:2],
+                      scale=detection.mask.shape[0] / (detection.region[2] - detection.region[0]))
     total = detection.mask.sum()
     return float((detection.mask & ~keep).sum() / total) if total else 0.0
 
@@ -290,7 +291,8 @@ class SubjectTracker:
         w, h = self.size
         return cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
 
-    def _disagreement(self, frame: np.ndarray, det: PersonDetection, predicted: Box | None) -> tuple[str | None, np.ndarray]:
+    def _disagreement(self, frame: np.ndarray, det: PersonDetection,
+                      predicted: Box | None) -> tuple[str | None, np.ndarray]:
         """Why a detection does not agree with the track (None: it does), and its histogram. Without
         ``predicted`` (re-identification after a loss) the box is not checked."""
         if predicted is not None:
@@ -343,8 +345,10 @@ class SubjectTracker:
             why, hist = self._disagreement(frame, det, None)
             # with no box to go by, only a clear likeness counts: colours well within the limits and
             # the usual size (a window can hold parts of two people)
-            if (why is not None or hellinger(hist, self.histogram) > REIDENTIFY_STRICTNESS * self.cfg.max_appearance_distance
-                    or foreign_fraction(frame, det, self.histogram) > REIDENTIFY_STRICTNESS * self.cfg.max_foreign_colours
+            if (why is not None
+                    or hellinger(hist, self.histogram) > REIDENTIFY_STRICTNESS * self.cfg.max_appearance_distance
+                    or (foreign_fraction(frame, det, self.histogram)
+                        > REIDENTIFY_STRICTNESS * self.cfg.max_foreign_colours)
                     or not 0.7 <= mask_area(det) / max(self.area, 1e-9) <= self.cfg.max_mask_growth):
                 continue
             distance = math.hypot(0.5 * (det.box[0] + det.box[2] - last[0] - last[2]),

@@ -39,23 +39,30 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from occfusion_core import io
-from occfusion_core.data.keypoints import DETECTOR, LANDMARK_NAMES, PoseDetector
-from occfusion_core.data.occlusion import apply_occlusion, moving_box_occluder, zju_band_masks
+from occfusion_core.body.landmarks import LANDMARK_NAMES
+from occfusion_core.data.framing import CROP_MODES, background_motion, crop_intrinsics, plan_framing
+from occfusion_core.data.keypoints import DETECTOR, PoseDetector
+from occfusion_core.data.occlusion import OCCLUSION_KINDS, estimate_background, pelvis_positions, simulate_occlusion
 from occfusion_core.data.sequence import FrameMeta, write_gt_frame, write_sequence
-from occfusion_core.data.source_configs import SimulatedOcclusionConfig, VideoConfig
+from occfusion_core.data.source_configs import VideoConfig
+from occfusion_core.data.tracking import (
+    SubjectTracker,
+    box_iou,
+    choose_subject,
+    detect_in_region,
+    paste_mask,
+    proposals,
+    square_around,
+)
+from occfusion_core.imaging import resize
 from occfusion_core.io import InputError
+from occfusion_core.masks import mask_box_heights
 from occfusion_core.render.camera import Camera
 
 log = logging.getLogger(__name__)
 
-OCCLUSION_KINDS = ("none", "zju_band", "object")
-BAND_FILLS = ("background", "white", "black")
-BACKGROUND_MAX_FRAMES = 50
-"""The background median uses at most this many frames (evenly spaced)."""
-BACKGROUND_MARGIN_PX = 3
 MIN_LANDMARKS_DETECTED = 8
 """A frame with fewer confident landmarks than this counts as missed by the detector."""
-"""Person masks are grown by this many pixels before a pixel counts as showing background."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,7 +104,6 @@ def read_video_frames(path: str | os.PathLike, start_frame: int = 0, frame_strid
         InputError: the file is missing, ffmpeg cannot read it, or no frame is in the range.
     """
     import imageio_ffmpeg
-    from PIL import Image
 
     path = Path(path)
     if not path.is_file():
@@ -109,7 +115,8 @@ def read_video_frames(path: str | os.PathLike, start_frame: int = 0, frame_strid
     try:
         meta = next(reader)
     except (RuntimeError, OSError, StopIteration) as err:
-        raise InputError(path, f"ffmpeg cannot read the video ({err})") from err
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise InputError(path, f"not a readable video (ffmpeg: {lines[-1] if lines else type(err).__name__})") from err
     width, height = meta["size"]
     if meta.get("rotate", 0) in (90, 270):  # ffmpeg auto-rotates; the reported size is pre-rotation
         width, height = height, width
@@ -124,7 +131,7 @@ def read_video_frames(path: str | os.PathLike, start_frame: int = 0, frame_strid
                 raise InputError(path, f"frame {index} has {len(raw)} bytes, expected {width}x{height}x3")
             frame = np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
             if (out_w, out_h) != (width, height):
-                frame = np.asarray(Image.fromarray(frame).resize((out_w, out_h), Image.Resampling.LANCZOS))
+                frame = resize(frame, (out_w, out_h), "lanczos")
             images.append(frame.copy())
             indices.append(index)
             if max_frames is not None and len(images) >= max_frames:
@@ -142,29 +149,6 @@ def read_video_frames(path: str | os.PathLike, start_frame: int = 0, frame_strid
 # ----------------------------------------------------------------------------------------------
 # Masks, camera
 # ----------------------------------------------------------------------------------------------
-
-def person_mask(probability: np.ndarray, threshold: float = 0.5, min_component_fraction: float = 0.05) -> np.ndarray:
-    """(H, W) person probability -> (H, W) bool mask: above ``threshold``, without blobs smaller than
-    ``min_component_fraction`` of the largest (8-connected)."""
-    mask = np.asarray(probability) > threshold
-    labels, count = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
-    if count > 1:
-        sizes = np.bincount(labels.ravel())[1:]
-        keep = np.flatnonzero(sizes >= min_component_fraction * sizes.max()) + 1
-        mask = np.isin(labels, keep)
-    return mask
-
-
-def mask_box_heights(masks: np.ndarray) -> np.ndarray:
-    """(T, H, W) bool -> (T,) height in pixels of each mask's bounding box (0 for an empty mask)."""
-    rows = masks.any(axis=2)
-    heights = np.zeros(len(masks))
-    for t, r in enumerate(rows):
-        idx = np.flatnonzero(r)
-        if idx.size:
-            heights[t] = idx[-1] - idx[0] + 1
-    return heights
-
 
 def video_intrinsics(width: int, height: int, scale: tuple[float, float], intrinsics=None,
                      fov_deg: float = 60.0) -> tuple[np.ndarray, str]:
@@ -193,193 +177,6 @@ def video_intrinsics(width: int, height: int, scale: tuple[float, float], intrin
 
 
 # ----------------------------------------------------------------------------------------------
-# Simulated occlusion on real frames
-# ----------------------------------------------------------------------------------------------
-
-def estimate_background(images: np.ndarray, person_masks: np.ndarray,
-                        max_frames: int = BACKGROUND_MAX_FRAMES,
-                        margin_px: int = BACKGROUND_MARGIN_PX) -> tuple[np.ndarray, np.ndarray]:
-    """Background of a static camera: per pixel, the median over frames where no person covers it.
-
-    Pixels covered in every frame take the colour of the nearest pixel that is not (so a band drawn
-    there shows a plausible smear rather than the person).
-
-    Args:
-        images: (T, H, W, 3) uint8; person_masks: (T, H, W) bool.
-
-    Returns:
-        background (H, W, 3) uint8, known (H, W) bool (pixels seen free in some frame).
-    """
-    T, H, W = person_masks.shape
-    pick = np.unique(np.linspace(0, T - 1, min(T, max_frames)).round().astype(int))
-    covered = np.stack([ndi.binary_dilation(person_masks[t], iterations=margin_px) if margin_px > 0
-                        else person_masks[t] for t in pick])
-    background = np.zeros((H, W, 3), dtype=np.float32)
-    chunk = max(1, 2_000_000 // max(1, len(pick) * W * 3))  # rows per chunk: bounded memory
-    for r0 in range(0, H, chunk):
-        block = images[pick, r0:r0 + chunk].astype(np.float32)
-        block[covered[:, r0:r0 + chunk]] = np.nan
-        with np.errstate(all="ignore"), _quiet_nan_warnings():
-            background[r0:r0 + chunk] = np.nanmedian(block, axis=0)
-    known = ~covered.all(axis=0)
-    if not known.any():
-        return np.zeros((H, W, 3), dtype=np.uint8), known
-    if not known.all():
-        _, (ri, ci) = ndi.distance_transform_edt(~known, return_indices=True)
-        background = background[ri, ci]
-    return np.clip(background + 0.5, 0, 255).astype(np.uint8), known
-
-
-class _quiet_nan_warnings:
-    """Silence numpy's 'All-NaN slice' warning (those pixels are filled afterwards)."""
-
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        self._ctx.__exit__(*exc)
-
-
-def band_fill(kind: str, images: np.ndarray, person_masks: np.ndarray) -> tuple[np.ndarray, dict]:
-    """What a band occluder shows: (H, W, 3) uint8 background estimate or constant colour, and a note."""
-    if kind == "background":
-        background, known = estimate_background(images, person_masks)
-        return background, {"band_fill": "background (per-pixel median of frames where the person "
-                                          "does not cover the pixel; never-free pixels: nearest free "
-                                          "pixel's colour)", "background_known_fraction": float(known.mean())}
-    if kind in ("white", "black"):
-        value = 255 if kind == "white" else 0
-        return np.full(images.shape[1:], value, dtype=np.uint8), {"band_fill": kind}
-    raise ValueError(f"band_fill: {kind!r} is not one of {', '.join(BAND_FILLS)}")
-
-
-@dataclass
-class SimulatedOcclusion:
-    """Occluded frames and their ground truth.
-
-    Attributes:
-        images: (T, H, W, 3) uint8 occluded frames.
-        visible_masks: (T, H, W) bool complete person mask minus occluder.
-        occluder_masks: (T, H, W) bool occluder pixels.
-        summary: JSON-ready description (kind, settings, frames occluded, hidden share of the person).
-    """
-
-    images: np.ndarray
-    visible_masks: np.ndarray
-    occluder_masks: np.ndarray
-    summary: dict
-
-
-def simulate_occlusion(images: np.ndarray, full_masks: np.ndarray, cfg: SimulatedOcclusionConfig,
-                       camera=None, person_centers: np.ndarray | None = None,
-                       background: np.ndarray | None = None) -> SimulatedOcclusion:
-    """Hide part of the person in real frames; the inputs are the ground truth.
-
-    Args:
-        images: (T, H, W, 3) uint8 unoccluded frames.
-        full_masks: (T, H, W) bool complete person masks.
-        cfg: kind 'zju_band' (:func:`occfusion_core.data.occlusion.zju_band_masks`, filled per
-            ``cfg.band_fill``) or 'object' (a crate from
-            :func:`occfusion_core.data.occlusion.moving_box_occluder`).
-        camera: :class:`occfusion_core.render.camera.Camera` of the frames ('object' only).
-        person_centers: (T, 3) world points the crate aims at, e.g. the fitted pelvis ('object' only).
-        background: (T, H, W, 3) uint8 background of every frame for ``band_fill: background`` (e.g.
-            estimated in the uncropped video and cut like each frame); None: estimated from ``images``.
-
-    Raises:
-        ValueError: unknown kind, missing camera for 'object', or an occluder hiding the whole person.
-    """
-    images = np.asarray(images)
-    full_masks = np.asarray(full_masks, dtype=bool)
-    T = len(images)
-    summary: dict = {"kind": cfg.kind, "occluded_frames_fraction": cfg.occluded_frames_fraction}
-    if cfg.kind == "zju_band":
-        occluder = zju_band_masks(full_masks, cfg.occluded_frames_fraction, cfg.band_width_fraction)
-        if background is not None and cfg.band_fill == "background":
-            fills, note = np.asarray(background), {"band_fill": "background (per-pixel median of the uncropped "
-                                                                 "frames where the person does not cover the pixel)"}
-        else:
-            fill, note = band_fill(cfg.band_fill, images, full_masks)
-            fills = np.broadcast_to(fill, images.shape)
-        summary.update(note, band_width_fraction=cfg.band_width_fraction,
-                       rule="ZJU-MoCap/OccNeRF protocol: vertical band over the central part of the "
-                            "person's horizontal extent, full image height, in the first frames")
-    elif cfg.kind == "object":
-        if camera is None or person_centers is None:
-            raise ValueError("simulated occlusion 'object' needs the camera and the person's centres")
-        R = camera.R.double().numpy()
-        t = camera.t.double().numpy()
-        depth = (np.asarray(person_centers, np.float64) @ R.T + t)[:, 2]  # (T,) camera z of the person
-        person_depth = np.where(full_masks, depth[:, None, None], np.inf).astype(np.float32)
-        box = moving_box_occluder(camera, person_centers, person_depth, cfg.occluded_frames_fraction,
-                                  seed=cfg.seed)
-        occluder = box.mask
-        fills = (np.clip(box.rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-        summary.update(seed=cfg.seed, rule="a wooden crate sliding across between camera and person "
-                                           "(moving_box_occluder), drawn by the mesh rasterizer")
-    else:
-        raise ValueError(f"simulated occlusion: kind {cfg.kind!r} is not one of zju_band, object "
-                         "('none' needs no call)")
-    out = np.empty_like(images)
-    visible = np.empty_like(full_masks)
-    for i in range(T):
-        out[i], visible[i] = apply_occlusion(images[i], full_masks[i], occluder[i], fills[i])
-        if full_masks[i].any() and not visible[i].any():
-            raise ValueError(f"simulated occlusion hides the whole person in frame {i}")
-    occluded = occluder.reshape(T, -1).any(axis=1)
-    person_px = full_masks.reshape(T, -1).sum(axis=1)
-    hidden = (full_masks & occluder).reshape(T, -1).sum(axis=1) / np.maximum(person_px, 1)
-    summary.update(occluded_frames=int(occluded.sum()),
-                   hidden_fraction_mean=float(hidden[occluded].mean()) if occluded.any() else 0.0)
-    return SimulatedOcclusion(out, visible, occluder, summary)
-
-
-def occlude_sequence(root: str | os.PathLike, cfg: SimulatedOcclusionConfig, body_model=None) -> dict:
-    """Simulated occlusion on an already written sequence folder (any source), in place.
-
-    The folder's current frames and masks are taken as complete: they move to ``gt/images`` and
-    ``gt/full_masks`` (with ``gt/occluder_masks``), and ``images/`` and ``masks/`` get the occluded
-    frames and the visible masks. 'object' aims the crate at the bodies of ``metadata.json``, seen
-    from the first frame's camera (``body_model`` needed).
-
-    Raises:
-        InputError: the folder already has ground truth (``gt/``), which would be overwritten.
-    """
-    from occfusion_core.data.sequence import read_sequence
-
-    seq = read_sequence(root)
-    if seq.gt_root.exists():
-        raise InputError(seq.gt_root, "the sequence already has ground truth; simulated occlusion would "
-                                      "overwrite it")
-    images = np.stack([seq.image(n) for n in seq.frames])
-    masks = np.stack([seq.mask(n) for n in seq.frames])
-    camera = centres = None
-    if cfg.kind == "object":
-        if body_model is None:
-            raise ValueError("occlude_sequence: 'object' needs the body model (the crate aims at the body)")
-        camera = seq.camera(seq.frames[0])
-        params = seq.body_params()
-        centres = _pelvis_of(body_model, params["poses"], params["betas"], params["trans"])
-    occlusion = simulate_occlusion(images, masks, cfg, camera, centres)
-    for t, name in enumerate(seq.frames):
-        write_gt_frame(seq.root, name, images[t], masks[t], occlusion.occluder_masks[t])
-        for folder, path, write, value in (("images", seq.image_path(name), io.write_image, occlusion.images[t]),
-                                           ("masks", seq.mask_path(name), io.write_mask, occlusion.visible_masks[t])):
-            target = seq.root / folder / f"{name}.png"
-            write(target, value)
-            if path != target and path.exists():  # a .jpg frame is replaced by the .png written
-                path.unlink()
-    info = dict(seq.info)
-    info.update(occlusion=cfg.kind, occlusion_settings=occlusion.summary)
-    io.write_json(seq.root / "info.json", info)
-    return occlusion.summary
-
-
-# ----------------------------------------------------------------------------------------------
 # The video source
 # ----------------------------------------------------------------------------------------------
 
@@ -388,7 +185,8 @@ def frame_name(video_index: int) -> str:
     return f"{video_index:05d}"
 
 
-def read_cropped_frames(path: str | os.PathLike, indices: list[int], regions: list, size: tuple[int, int]) -> np.ndarray:
+def read_cropped_frames(path: str | os.PathLike, indices: list[int], regions: list,
+                        size: tuple[int, int]) -> np.ndarray:
     """Decode the video again at full resolution and cut frame ``indices[k]`` to ``regions[k]``
     (x0, y0, x1, y1 in original pixels; black past the frame's edge), resampled to ``size``
     (width, height). Only the crops are kept in memory.
@@ -455,8 +253,6 @@ def track_subject(frames: np.ndarray, indices: np.ndarray, fps: float, cfg: Vide
         indices: (T,) their video frame numbers.
         scale: tracking pixels per original pixel (for a subject box given in original pixels).
     """
-    from occfusion_core.data.tracking import SubjectTracker, choose_subject, proposals
-
     kept, detections, dropped, chosen = [], [], [], {}
     tracker = None
 
@@ -496,8 +292,6 @@ def track_subject(frames: np.ndarray, indices: np.ndarray, fps: float, cfg: Vide
 def _paste_into_frames(detections, regions, size, track_scale: float) -> np.ndarray:
     """Each detection's mask drawn into its output frame (crop ``regions`` in original pixels,
     output ``size`` (width, height)); detections live in tracking pixels."""
-    from occfusion_core.data.tracking import paste_mask
-
     masks = np.zeros((len(detections), size[1], size[0]), dtype=bool)
     for k, (det, region) in enumerate(zip(detections, regions)):
         s = size[0] / (region[2] - region[0])  # output pixels per original pixel
@@ -532,8 +326,6 @@ def _redetect(images: np.ndarray, full_masks: np.ndarray, cfg: VideoConfig) -> l
     from the unoccluded frame, as a tracker's prediction would be); None where nobody is found, or
     where the detection does not agree with that box (the detector then found a fragment of the
     person, split by the occluder, and its keypoints would be nonsense)."""
-    from occfusion_core.data.tracking import box_iou, detect_in_region, square_around
-
     found = []
     with PoseDetector(video_mode=False) as detector:
         for image, mask in zip(images, full_masks):
@@ -575,8 +367,6 @@ def prepare_video(video_path: str | os.PathLike, out_dir: str | os.PathLike, cfg
             where the subject is not found, naming the video frame, its time and why.
     """
     from occfusion_core.body.fit import camera_w2c
-    from occfusion_core.data.framing import background_motion, crop_intrinsics, plan_framing
-
     _check_video_config(cfg)
     occ = cfg.occlusion
     out = Path(out_dir)
@@ -630,7 +420,8 @@ def prepare_video(video_path: str | os.PathLike, out_dir: str | os.PathLike, cfg
         timings["fit_s"] = time.time() - start
     if occ.kind != "none":
         centers = _pelvis(body_model, fit) if occ.kind == "object" else None
-        background = (_background_per_frame(video.images[tracked.kept], _paste_track_masks(tracked, video.images.shape[1:3]),
+        background = (_background_per_frame(video.images[tracked.kept],
+                                             _paste_track_masks(tracked, video.images.shape[1:3]),
                                              framing.regions, framing.size, track_scale)
                       if occ.kind == "zju_band" and occ.band_fill == "background" else None)
         camera = Camera(Ks[0], w2c, W, H) if framing.mode != "per_frame" else None
@@ -673,7 +464,7 @@ def prepare_video(video_path: str | os.PathLike, out_dir: str | os.PathLike, cfg
         # the keypoint fit, aligned to the masks too (a frame whose keypoints the occluder hid gets its
         # limbs from what the mask shows)
         from occfusion_core.body.align import align_to_evidence
-        from occfusion_core.priors.configs import BodyAlignConfig
+        from occfusion_core.body.configs import BodyAlignConfig
 
         start = time.time()
         out_keypoints = np.stack([_to_output(fit_keypoints[t], framing.regions[t], framing.size) for t in range(T)])
@@ -749,8 +540,9 @@ def prepare_video(video_path: str | os.PathLike, out_dir: str | os.PathLike, cfg
                  "(x right, y down, z away from the camera)",
         "detected_on": info["fit"]["keypoints_from"],
         "dropped_frames": dropped,
-        "frames": {n: {"video_frame": int(i), **_keypoints_json(_to_output(fit_keypoints[t], framing.regions[t],
-                                                                          framing.size), fit_visibility[t], fit_world[t])}
+        "frames": {n: {"video_frame": int(i),
+                       **_keypoints_json(_to_output(fit_keypoints[t], framing.regions[t], framing.size),
+                                         fit_visibility[t], fit_world[t])}
                    for t, (n, i) in enumerate(zip(names, indices))},
     })
     summary = {"frames": T, "width": W, "height": H, "dropped_frames": dropped, "framing": framing.to_json(),
@@ -775,14 +567,13 @@ def on_mask(keypoints: np.ndarray, mask: np.ndarray, reach: float = 0.02) -> np.
 
 
 def _check_video_config(cfg: VideoConfig) -> None:
-    from occfusion_core.data.framing import CROP_MODES
-
     if cfg.on_missing_person not in ("error", "drop"):
         raise ValueError(f"video.on_missing_person: {cfg.on_missing_person!r} is not 'error' or 'drop'")
     if cfg.crop not in CROP_MODES:
         raise ValueError(f"video.crop: {cfg.crop!r} is not one of {', '.join(CROP_MODES)}")
-    if not (cfg.person in ("largest", "center") or (isinstance(cfg.person, (list, tuple)) and len(cfg.person) == 4
-                                                      and cfg.person[2] > cfg.person[0] and cfg.person[3] > cfg.person[1])):
+    if not (cfg.person in ("largest", "center")
+            or (isinstance(cfg.person, (list, tuple)) and len(cfg.person) == 4
+                and cfg.person[2] > cfg.person[0] and cfg.person[3] > cfg.person[1])):
         raise ValueError(f"video.person: {cfg.person!r} is not 'largest', 'center' or a box [x0, y0, x1, y1] "
                          "with x1 > x0 and y1 > y0")
     occ = cfg.occlusion
@@ -794,14 +585,10 @@ def _check_video_config(cfg: VideoConfig) -> None:
 
 def _paste_track_masks(tracked: TrackedClip, shape: tuple[int, int]) -> np.ndarray:
     """The subject's masks in the kept tracking frames, (K, H, W) bool."""
-    from occfusion_core.data.tracking import paste_mask
-
     return np.stack([paste_mask(d.mask, d.region, shape) for d in tracked.detections])
 
 
 def _paste_output_mask(detection, shape: tuple[int, int]) -> np.ndarray:
-    from occfusion_core.data.tracking import paste_mask
-
     return paste_mask(detection.mask, detection.region, shape)
 
 
@@ -849,17 +636,6 @@ def _fit(body_model, keypoints: np.ndarray, visibility: np.ndarray, world: np.nd
 def _pelvis(body_model, fit) -> np.ndarray:
     """(T, 3) world pelvis of a fit."""
     T = len(fit.poses)
-    return _pelvis_of(body_model, fit.poses, np.tile(fit.betas, (T, 1)), fit.trans)
+    return pelvis_positions(body_model, fit.poses, np.tile(fit.betas, (T, 1)), fit.trans)
 
 
-def _pelvis_of(body_model, poses, betas, trans) -> np.ndarray:
-    """(T, 3) world pelvis of bodies poses (T, 72), betas (T, 10), trans (T, 3)."""
-    import torch
-
-    from occfusion_core.body.fit import JointsFK
-
-    with torch.no_grad():
-        joints, _ = JointsFK(body_model)(torch.as_tensor(np.asarray(poses), dtype=torch.float32),
-                                         torch.as_tensor(np.asarray(betas), dtype=torch.float32),
-                                         torch.as_tensor(np.asarray(trans), dtype=torch.float32))
-    return joints[:, 0].double().numpy()

@@ -36,10 +36,10 @@ import scipy.ndimage as ndi
 import torch
 from scipy.spatial.transform import Rotation
 
-from occfusion_core.data.occlusion import apply_occlusion
+from occfusion_core.data.occlusion import BAND_FILLS, apply_occlusion, band_fill
 from occfusion_core.data.sequence import FrameMeta, write_gt_frame, write_heldout, write_sequence
 from occfusion_core.data.source_configs import ZJUConfig
-from occfusion_core.data.video import BAND_FILLS, band_fill
+from occfusion_core.imaging import resize
 from occfusion_core.io import InputError
 from occfusion_core.render.camera import Camera
 
@@ -53,9 +53,10 @@ ZJU_OCCLUSION = {
     "393": {"range": 526, "mid": 434, "width": 68},
     "394": {"range": 380, "mid": 423, "width": 64},
 }
-"""OccNeRF's per-subject band (configs/occnerf/zju_mocap/<id>/occnerf.yaml; anchors A4): frames with
-index below 'range' (80 % of the subject's frames) lose the columns [mid - width//2, mid + width//2)
-of full-resolution (1024 px) pixels. OccFusion's own loader has 387 at mid 448, width 50."""
+"""OccNeRF's per-subject band (OccNeRF's released code, configs/occnerf/zju_mocap/<id>/occnerf.yaml):
+frames with index below 'range' (80 % of the subject's frames) lose the columns
+[mid - width//2, mid + width//2) of full-resolution (1024 px) pixels. OccFusion's own loader
+(``scene/dataset_readers.py``) has 387 at mid 448, width 50, and 394 at mid 418."""
 
 ZJU_MM_PER_M = 1000.0
 
@@ -125,25 +126,6 @@ def undistort(image: np.ndarray, K: np.ndarray, D: np.ndarray, nearest: bool = F
         out = np.clip(out + (0.0 if nearest else 0.5), 0, 255)
     out = out.astype(image.dtype)
     return out[..., 0] if image.ndim == 2 else out
-
-
-def _downscale(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 (H, W, 3) -> (h, w, 3) by area averaging (``cv2.INTER_AREA`` for integer factors)."""
-    from PIL import Image
-
-    if image.shape[1::-1] == tuple(size):
-        return image
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
-
-
-def _downscale_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """bool (H, W) -> (h, w): a pixel is person when most of the area it covers is."""
-    from PIL import Image
-
-    if mask.shape[::-1] == tuple(size):
-        return mask
-    area = np.asarray(Image.fromarray(mask.astype(np.float32)).resize(size, Image.Resampling.BOX))
-    return area > 0.5
 
 
 def band_columns(width: int, scaling: float, mid_px: float, width_px: float) -> np.ndarray:
@@ -264,7 +246,7 @@ def _load_view(folder: _ZJUFolder, frame: int, camera: int, cfg: ZJUConfig) -> t
         mask = undistort(mask.astype(np.uint8), folder.K[camera], folder.D[camera], nearest=True) > 0
     H, W = mask.shape
     size = (max(1, round(W * cfg.image_scaling)), max(1, round(H * cfg.image_scaling)))
-    return _downscale(image, size), _downscale_mask(mask, size)
+    return resize(image, size, "box"), resize(mask, size, "box")
 
 
 def prepare_zju(root: str | os.PathLike, out_dir: str | os.PathLike, cfg: ZJUConfig, body_model) -> dict:
@@ -353,7 +335,7 @@ def prepare_zju(root: str | os.PathLike, out_dir: str | os.PathLike, cfg: ZJUCon
             "occluded_frames": int(occluded.sum()), "frames_rule": rule, **note,
             "hidden_fraction_mean": float(hidden[occluded].mean()) if occluded.any() else 0.0,
             "settings_from": "config" if cfg.band_mid_px is not None or cfg.band_width_px is not None
-            else "OccNeRF configs/occnerf/zju_mocap/<id>/occnerf.yaml (anchors A4)",
+            else "OccNeRF configs/occnerf/zju_mocap/<id>/occnerf.yaml",
         }
     else:
         train_images, visible = images, full_masks

@@ -1,4 +1,5 @@
-"""KL-divergence-guided densification and pruning of the human Gaussians (GauHuman, reference §6.4).
+"""KL-divergence-guided densification and pruning of the human Gaussians (GauHuman's released code,
+``scene/gaussian_model.py: densify_and_prune``; docs/method.md, "KL densification").
 
 Between densification steps :class:`DensifyState` accumulates, per Gaussian, the norm of the
 screen-space gradient of its projected centre (in 3DGS's NDC units) over the views where it was
@@ -30,8 +31,9 @@ import torch
 from torch import nn
 
 from occfusion_core.config import DensifyConfig
-from occfusion_core.gaussians.human import GAUSSIAN_GROUPS, HumanGaussians, quaternion_to_matrix
+from occfusion_core.gaussians.human import GAUSSIAN_GROUPS, HumanGaussians
 from occfusion_core.gaussians.knn import knn
+from occfusion_core.render.projection import quat_to_rotmat
 
 SPLIT_CHILDREN = 2
 SPLIT_SCALE_DIVISOR = 0.8 * SPLIT_CHILDREN
@@ -75,7 +77,7 @@ def nearest_neighbour_kl(model: HumanGaussians) -> tuple[torch.Tensor, torch.Ten
     xyz = model.xyz.detach()
     _, idx = knn(xyz, xyz, 1, exclude_self=True)
     neighbour = idx[:, 0]
-    rot = quaternion_to_matrix(model.rotation.detach())
+    rot = quat_to_rotmat(model.rotation.detach())
     log_scale = model.scaling.detach()
     kl = gaussian_kl(xyz, rot, log_scale, xyz[neighbour], rot[neighbour], log_scale[neighbour])
     return kl, neighbour
@@ -230,7 +232,7 @@ def densify_and_prune(model: HumanGaussians, optimizer: torch.optim.Optimizer | 
     clone = high_grad & small & (kl > cfg.kl_threshold)
     split = high_grad & ~small & (kl > cfg.kl_threshold)
     pairs = _merge_pairs(high_grad & small & (kl < cfg.merge_kl_threshold), neighbour, clone | split)
-    rot = quaternion_to_matrix(params["rotation"])
+    rot = quat_to_rotmat(params["rotation"])
 
     def sampled_positions(mask: torch.Tensor, copies: int) -> torch.Tensor:
         # x + R·N(0, diag(s)) per copy, in canonical space.

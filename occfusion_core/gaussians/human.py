@@ -1,8 +1,8 @@
 """Animatable human Gaussians: canonical big-pose Gaussians + per-frame LBS deformation (GauHuman).
 
-Reference §6.1–6.3. The Gaussians live in the canonical space of the mean-shape (β = 0) body in
-the "big pose" (legs spread, arms in T-pose) and start on its vertices. A frame is rendered by
-moving every Gaussian with the skinning of its nearest canonical body vertex: big pose -> T pose
+See docs/method.md, "Human Gaussians". The Gaussians live in the canonical space of the
+mean-shape (β = 0) body in the "big pose" (legs spread, arms in T-pose) and start on its vertices. A frame is
+rendered by moving every Gaussian with the skinning of its nearest canonical body vertex: big pose -> T pose
 (inverse of the blended big-pose bone transforms), swap that vertex's pose-blend offset for the
 frame's, add its shape offset, then the frame's blended bone transforms and translation. Optional
 learned parts: per-frame joint-rotation corrections (:class:`BodyPoseRefiner`) and skinning-weight
@@ -25,12 +25,11 @@ from occfusion_core.body.model import big_pose
 from occfusion_core.config import OptimizeConfig
 from occfusion_core.gaussians.knn import init_scales, knn
 from occfusion_core.gaussians.networks import BodyPoseRefiner, LBSOffsetDecoder
+from occfusion_core.render.projection import quat_scale_to_covar
+from occfusion_core.render.sh import RGB2SH
 
 if TYPE_CHECKING:
     from occfusion_core.body.model import BodyModel
-
-SH_C0 = 0.28209479177387814
-"""Degree-0 real spherical-harmonic constant 1 / (2 sqrt(pi))."""
 
 CAPTURE_FORMAT = "occfusion.human_gaussians/1"
 
@@ -46,30 +45,8 @@ GAUSSIAN_GROUPS: dict[str, str] = {
 """Optimizer group name -> attribute of the per-Gaussian parameter (one row per Gaussian)."""
 
 
-def rgb_to_sh(rgb: torch.Tensor | float) -> torch.Tensor | float:
-    """Colour in [0, 1] -> SH DC coefficient that renders it (3DGS convention, +0.5 offset)."""
-    return (rgb - 0.5) / SH_C0
-
-
 def inverse_sigmoid(p: float) -> float:
     return math.log(p / (1.0 - p))
-
-
-def quaternion_to_matrix(quats: torch.Tensor) -> torch.Tensor:
-    """(..., 4) quaternions (w, x, y, z), any norm -> (..., 3, 3) rotation matrices."""
-    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    rows = [
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ]
-    return torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 3, 3)
-
-
-def covariance_from(log_scales: torch.Tensor, quats: torch.Tensor) -> torch.Tensor:
-    """Σ = R diag(s²) Rᵀ from (N, 3) log-scales and (N, 4) quaternions -> (N, 3, 3)."""
-    rs = quaternion_to_matrix(quats) * torch.exp(log_scales)[..., None, :]  # R @ diag(s)
-    return rs @ rs.transpose(-1, -2)
 
 
 def _fused_skinning_available() -> bool:
@@ -159,7 +136,7 @@ class HumanGaussians(nn.Module):
         num_sh = (self.max_sh_degree + 1) ** 2
         n = num_vertices
         self.xyz = nn.Parameter(vertices.clone())
-        self.features_dc = nn.Parameter(torch.full((n, 1, 3), rgb_to_sh(0.5), dtype=dtype, device=device))
+        self.features_dc = nn.Parameter(torch.full((n, 1, 3), RGB2SH(0.5), dtype=dtype, device=device))
         self.features_rest = nn.Parameter(torch.zeros((n, num_sh - 1, 3), dtype=dtype, device=device))
         self.scaling = nn.Parameter(init_scales(vertices))
         rotation = torch.zeros((n, 4), dtype=dtype, device=device)
@@ -196,7 +173,7 @@ class HumanGaussians(nn.Module):
 
     def canonical_covariances(self) -> torch.Tensor:
         """(N, 3, 3) covariances in canonical space."""
-        return covariance_from(self.scaling, self.rotation)
+        return quat_scale_to_covar(self.rotation, torch.exp(self.scaling))
 
     def oneup_sh_degree(self) -> None:
         """Raise the active SH degree by one, up to the maximum."""
@@ -292,7 +269,7 @@ class HumanGaussians(nn.Module):
 
     def deform(self, poses: torch.Tensor, betas: torch.Tensor | None = None,
                trans: torch.Tensor | None = None, fused: bool | None = None) -> DeformedGaussians:
-        """Move the canonical Gaussians to a body pose in world space (reference §6.2).
+        """Move the canonical Gaussians to a body pose in world space (docs/method.md, "Human Gaussians").
 
         OcMotion convention: the global rotation is ``poses[:3]``, world = SMPL space + ``trans``.
 
@@ -375,7 +352,8 @@ class HumanGaussians(nn.Module):
     # ------------------------------------------------------------------ optimisation
 
     def param_groups(self, cfg: OptimizeConfig) -> list[dict]:
-        """Adam parameter groups with GauHuman's per-group learning rates (reference §3.2).
+        """Adam parameter groups with GauHuman's per-group learning rates (docs/method.md, "Schedule and
+        learning rates").
 
         Use with ``torch.optim.Adam(groups, lr=0.0, eps=1e-15)`` (see :meth:`make_optimizer`); the
         xyz rate then follows :meth:`position_lr` via :meth:`apply_position_lr`.

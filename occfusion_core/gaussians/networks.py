@@ -1,4 +1,5 @@
-"""The two small networks of GauHuman's deformation (reference §6.3).
+"""The two small networks of GauHuman's deformation (GauHuman's released code, ``nets/``;
+docs/method.md, "Human Gaussians").
 
 - :class:`BodyPoseRefiner`: per-frame corrections ΔR_j of the 23 non-root joint rotations,
   predicted from the frame's body pose and starting at ≈ identity.

@@ -2,10 +2,11 @@
 
 Three dataclasses, one docstring per field (the project's config convention, ``config.py``):
 
-- :class:`MaskCompletionConfig`: stage 0, complete person masks (reference §2).
-- :class:`GuidanceConfig`: score distillation on the rendered silhouette (reference §3.4-3.5), the
-  standalone guidance module's own config (threestudio style).
-- :class:`InpaintConfig`: stage 2, in-context inpainting of the hidden pixels (reference §4).
+- :class:`MaskCompletionConfig`: stage 0, complete person masks (docs/method.md, "Stage 0: mask completion").
+- :class:`GuidanceConfig`: score distillation on the rendered silhouette (docs/method.md, "Score
+  distillation (SDS)"), the standalone guidance module's own config (threestudio style).
+- :class:`InpaintConfig`: stage 2, in-context inpainting of the hidden pixels (docs/method.md, "Stage 2:
+  in-context inpainting").
 
 Model ids default to the hub mirrors of the repos the released code names (the ``runwayml/*``
 repos were removed). Weights are never fetched unless ``local_files_only`` is turned off.
@@ -14,6 +15,8 @@ repos were removed). Weights are never fetched unless ``local_files_only`` is tu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from ..body.configs import BodyAlignConfig
 
 SD15_INPAINTING = "stable-diffusion-v1-5/stable-diffusion-inpainting"
 """Mirror of ``runwayml/stable-diffusion-inpainting`` (9-channel inpainting UNet)."""
@@ -44,67 +47,25 @@ STAGE2_NEGATIVE = ("holding something, complex textures, malformed, abnormal, un
 
 
 @dataclass
-class BodyAlignConfig:
-    """Alignment of the body estimate to each frame's visible evidence before stage 0 draws from it
-    (:mod:`occfusion_core.body.align`). Data terms measure errors in units of the body box height,
-    so a weight of 1e4 makes an error of 1% of the height cost 1; the priors are 1 / sigma^2 of the
-    correction they allow."""
+class DiffusionModels:
+    """Which diffusion models a stage loads, and from where (stages 0 and 2, and stage 1's SDS)."""
 
-    enabled: bool = True
-    """Align the body before drawing its silhouette (``silhouette``) or its OpenPose canvas (``diffusion``)."""
-    rounds: int = 15
-    """L-BFGS rounds over all frames at once; the evidence and the nearest-vertex assignments are
-    measured again before each (like ICP, the alignment gains more from rounds than from iterations)."""
-    iterations_per_round: int = 8
-    """L-BFGS iterations per round."""
-    refine_shape: bool = False
-    """Also correct the shape (one betas correction for all frames); off by default, as masks and
-    keypoints hardly constrain it."""
-    weight_cover: float = 1e4
-    """Weight of the cover term: pixels of the eroded visible mask should have a body vertex nearby."""
-    weight_outside: float = 1e4
-    """Weight of the outside term: no body vertex on pixels known to be background."""
-    weight_keypoints: float = 1e4
-    """Weight of the robust 2D keypoint term (where the source has keypoints)."""
-    keypoint_min_visibility: float = 0.5
-    """Keypoints with a detector visibility below this get no weight."""
-    robust_sigma: float = 0.05
-    """Geman-McClure scale of the cover and keypoint terms, fraction of the body box height."""
-    cover_erosion: float = 0.015
-    """The visible mask is eroded by this fraction of the box height before sampling cover pixels:
-    clothing and hair stand off the body, so the mask's rim need not lie on it."""
-    cover_samples: int = 300
-    """Cover pixels sampled per frame."""
-    outside_reach: float = 0.03
-    """Known-background pixels lie within this fraction of the box height of the person's outline."""
-    outline_band: float = 0.06
-    """Outline evidence: largest distance between the visible outline and the body's, fraction of the
-    box height."""
-    max_vertices: int = 2000
-    """Body vertices used per frame (every k-th vertex beyond this many)."""
-    prior_pose: float = 10.0
-    """Weight of the mean squared pose correction (rad^2): 10 lets about 18 degrees through."""
-    prior_trans: float = 400.0
-    """Weight of the mean squared translation correction (m^2): 400 lets about 5 cm through."""
-    prior_shape: float = 1.0
-    """Weight of the mean squared refined betas."""
-    smooth_pose: float = 5.0
-    """Weight of the squared second differences of the joint rotation matrices between frames."""
-    smooth_trans: float = 400.0
-    """Weight of the squared second differences of the translations (m^2)."""
-    gap_rounds: int = 6
-    """Frames the detector missed (a run of them behind an occluder) are first crossed one frame at a
-    time from their detected neighbours, each aligned alone for this many rounds (0: off); used where
-    the caller says which frames had detections (the video source)."""
-    gap_anchor_frames: int = 3
-    """Only runs of at least this many detected frames anchor a crossing; shorter ones inside an
-    occlusion are crossed too (their keypoints still count in the alignment of the whole clip)."""
+    base: str = SD15_INPAINTING
+    """Stable Diffusion 1.5: hub id or local folder (diffusers layout); an inpainting model for
+    stages 0 and 2, the text-to-image one for SDS."""
+    controlnet: str = CONTROLNET_OPENPOSE
+    """ControlNet openpose: hub id or local folder."""
+    source: str = "pretrained"
+    """'pretrained' (load ``base`` and ``controlnet``) or 'tiny' (random-weight tiny models built in
+    memory: a smoke test of the code path; the output is noise, not a prior)."""
+    local_files_only: bool = True
+    """Load weights only from a local folder or the Hugging Face cache; false lets diffusers download."""
 
 
 @dataclass
 class MaskCompletionConfig:
     method: str = "diffusion"
-    """'diffusion' (reference §2: ControlNet-openpose SD inpainting of everything but the visible person,
+    """'diffusion' (the paper's: ControlNet-openpose SD inpainting of everything but the visible person,
     then segmentation of the generated image) or 'silhouette' (weight-free: visible mask united with
     the body-model silhouette fitted to the visible outline)."""
     segmenter: str = "sam_hq"
@@ -115,15 +76,8 @@ class MaskCompletionConfig:
     """SAM-HQ weights file (e.g. sam_hq_vit_h.pth)."""
     sam_model_type: str = "vit_h"
     """SAM-HQ registry key matching sam_checkpoint: 'vit_h', 'vit_l', 'vit_b' or 'vit_tiny'."""
-    inpaint_model: str = SD15_INPAINTING
-    """Stable Diffusion inpainting pipeline: hub id or local folder (diffusers layout)."""
-    controlnet_model: str = CONTROLNET_OPENPOSE
-    """ControlNet openpose: hub id or local folder."""
-    model_source: str = "pretrained"
-    """'pretrained' (load inpaint_model/controlnet_model) or 'tiny' (random-weight tiny models built
-    in memory: a smoke test of the code path; the output is noise, not a prior)."""
-    local_files_only: bool = True
-    """Load weights only from a local folder or the Hugging Face cache; false lets diffusers download."""
+    models: DiffusionModels = field(default_factory=DiffusionModels)
+    """method 'diffusion': SD 1.5 inpainting + ControlNet openpose (released stage0_oc.py)."""
     device: str = "auto"
     """'auto' (cuda when available), 'cpu' or 'cuda'; fp16 on CUDA, fp32 on CPU."""
     prompt: str = STAGE0_PROMPT
@@ -160,15 +114,10 @@ class MaskCompletionConfig:
 class GuidanceConfig:
     enabled: bool = False
     """Add score distillation to stage 1."""
-    pretrained_model: str = SD15
-    """SD 1.5 text-to-image model (UNet, VAE, CLIP text encoder, tokenizer, scheduler config): hub id
-    or local folder."""
-    controlnet_model: str = CONTROLNET_OPENPOSE_V11
-    """ControlNet openpose: hub id or local folder (the released SDS loads v1.1)."""
-    model_source: str = "pretrained"
-    """'pretrained' or 'tiny' (random-weight tiny models: a smoke test, not a prior)."""
-    local_files_only: bool = True
-    """Load weights only from a local folder or the Hugging Face cache."""
+    models: DiffusionModels = field(default_factory=lambda: DiffusionModels(base=SD15,
+                                                                             controlnet=CONTROLNET_OPENPOSE_V11))
+    """SD 1.5 text-to-image (UNet, VAE, CLIP text encoder, tokenizer, scheduler config) and ControlNet
+    openpose v1.1, which the released SDS loads."""
     prompt: str = SDS_PROMPT
     """Prompt of the silhouette prior (released stage1.py)."""
     negative_prompt: str = SDS_NEGATIVE
@@ -195,17 +144,11 @@ class GuidanceConfig:
 @dataclass
 class InpaintConfig:
     method: str = "diffusion"
-    """'diffusion' (reference §4: stage-1 render as the left in-context panel, observed frame on the
+    """'diffusion' (the paper's: stage-1 render as the left in-context panel, observed frame on the
     right, ControlNet-openpose SD inpainting of the hidden person pixels) or 'render_fill'
     (weight-free: the stage-1 render pasted into the hidden pixels with a Poisson seam blend)."""
-    inpaint_model: str = SD15_INPAINTING
-    """Stable Diffusion inpainting pipeline: hub id or local folder."""
-    controlnet_model: str = CONTROLNET_OPENPOSE
-    """ControlNet openpose: hub id or local folder."""
-    model_source: str = "pretrained"
-    """'pretrained' or 'tiny' (random-weight tiny models: a smoke test, not a prior)."""
-    local_files_only: bool = True
-    """Load weights only from a local folder or the Hugging Face cache."""
+    models: DiffusionModels = field(default_factory=DiffusionModels)
+    """method 'diffusion': SD 1.5 inpainting + ControlNet openpose (released stage2_oc.py)."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'; fp16 on CUDA, fp32 on CPU."""
     prompt: str = STAGE2_PROMPT

@@ -1,9 +1,10 @@
 """Load the diffusion models the method uses: real weights from a local folder or the HF cache.
 
 - Stages 0 and 2: ``StableDiffusionControlNetInpaintPipeline`` = SD-1.5 inpainting (9-channel UNet)
-  + ControlNet openpose, with the sampler swapped by name (reference §2, §4).
+  + ControlNet openpose, with the sampler swapped by name (OccFusion's released ``stage0_oc.py`` and
+  ``stage2_oc.py``).
 - Stage-1 SDS: UNet, VAE, CLIP text encoder + tokenizer of SD 1.5, ControlNet openpose, and a DDIM
-  scheduler built from SD 1.5's scheduler config (reference §3.5).
+  scheduler built from SD 1.5's scheduler config (OccFusion's released ``guidance/op_utils.py``).
 
 fp16 on CUDA, fp32 on CPU. Nothing is downloaded unless ``local_files_only`` is False. Missing
 weights raise :class:`ModelWeightsMissing`, which says what was looked for, where, and how to
@@ -14,56 +15,19 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+
+from .models import ModelWeightsMissing, SDSModels, freeze, model_dtype
+from .smoke_test_models import smoke_test_inpaint_pipeline, smoke_test_sds_models
 
 log = logging.getLogger(__name__)
 
 SCHEDULERS = ("dpm_multistep", "unipc", "ddim", "pndm")
 """Sampler names accepted by :func:`set_scheduler`."""
-
-
-class ModelWeightsMissing(RuntimeError):
-    """Pretrained weights were asked for but are not on this machine."""
-
-
-@dataclass
-class SDSModels:
-    """The pieces score distillation needs (all on one device, one dtype).
-
-    Attributes:
-        unet: ``UNet2DConditionModel`` with 4 input channels (text-to-image).
-        vae: ``AutoencoderKL``.
-        text_encoder: ``CLIPTextModel``.
-        tokenizer: ``CLIPTokenizer``.
-        controlnet: ``ControlNetModel`` (openpose).
-        scheduler: ``DDIMScheduler`` with SD's training noise schedule (1000 steps).
-        source: where they came from, for logs and reports (model ids, or "tiny random weights").
-    """
-
-    unet: Any
-    vae: Any
-    text_encoder: Any
-    tokenizer: Any
-    controlnet: Any
-    scheduler: Any
-    source: str
-
-    @property
-    def device(self) -> torch.device:
-        return self.unet.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.unet.dtype
-
-
-def model_dtype(device: torch.device) -> torch.dtype:
-    """fp16 on CUDA (as released), fp32 elsewhere (CPU fp16 convolutions are slow or missing)."""
-    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
 def _dtype_kwargs(device: torch.device) -> dict:
@@ -96,7 +60,7 @@ def _missing_message(what: str, model_id: str, local_files_only: bool, config_ke
         f"or point `{config_key}` at a folder in diffusers layout (save_pretrained output)",
     ]
     if local_files_only:
-        lines.append("  or set `local_files_only: false` to let diffusers download them.")
+        lines.append("  or set `models: {local_files_only: false}` to let diffusers download them.")
     if weight_free:
         lines.append(f"  Without weights, the config can name the weight-free method instead: {weight_free}.")
     return "\n".join(lines)
@@ -125,7 +89,7 @@ def set_scheduler(pipe, name: str):
 
 
 def load_controlnet(model_id: str | os.PathLike, *, local_files_only: bool = True,
-                    device: torch.device | str = "cpu", config_key: str = "controlnet_model",
+                    device: torch.device | str = "cpu", config_key: str = "models.controlnet",
                     weight_free: str | None = None):
     """``ControlNetModel.from_pretrained`` on ``device`` in :func:`model_dtype`."""
     from diffusers import ControlNetModel
@@ -160,7 +124,7 @@ def load_inpaint_pipeline(inpaint_model: str | os.PathLike, controlnet_model: st
         lambda: StableDiffusionControlNetInpaintPipeline.from_pretrained(
             str(inpaint_model), controlnet=controlnet, safety_checker=None, feature_extractor=None,
             requires_safety_checker=False, local_files_only=local_files_only, **_dtype_kwargs(device)),
-        "Stable Diffusion inpainting", str(inpaint_model), local_files_only, "inpaint_model", weight_free)
+        "Stable Diffusion inpainting", str(inpaint_model), local_files_only, "models.base", weight_free)
     if pipe.unet.config.in_channels != 9:
         raise ValueError(f"{inpaint_model}: UNet has {pipe.unet.config.in_channels} input channels; an inpainting "
                          "model (9: latents, mask, masked-image latents) is needed")
@@ -186,7 +150,7 @@ def load_sds_models(pretrained_model: str | os.PathLike, controlnet_model: str |
 
     def part(cls, subfolder, what, **kw):
         return _load(lambda: cls.from_pretrained(path, subfolder=subfolder, local_files_only=local_files_only, **kw),
-                     f"Stable Diffusion 1.5 {what}", path, local_files_only, "pretrained_model", weight_free)
+                     f"Stable Diffusion 1.5 {what}", path, local_files_only, "models.base", weight_free)
 
     tokenizer = part(CLIPTokenizer, "tokenizer", "tokenizer")
     text_encoder = part(CLIPTextModel, "text_encoder", "text encoder", **dtype)
@@ -203,17 +167,8 @@ def load_sds_models(pretrained_model: str | os.PathLike, controlnet_model: str |
                             source=f"{path} + {controlnet_model}"), device)
 
 
-def freeze(models: SDSModels, device: torch.device | str) -> SDSModels:
-    """Move the networks to ``device``, eval mode, no parameter gradients (gradients flow to inputs only)."""
-    for net in (models.unet, models.vae, models.text_encoder, models.controlnet):
-        net.to(device)
-        net.eval()
-        net.requires_grad_(False)
-    return models
-
-
 def inpaint_pipeline_from_config(cfg, device: torch.device | str, weight_free: str):
-    """The inpainting pipeline a stage config asks for (``model_source`` 'pretrained' or 'tiny').
+    """The inpainting pipeline a stage config asks for (``models.source`` 'pretrained' or 'tiny').
 
     Args:
         cfg: a ``MaskCompletionConfig`` or ``InpaintConfig``.
@@ -222,25 +177,22 @@ def inpaint_pipeline_from_config(cfg, device: torch.device | str, weight_free: s
     Returns:
         (pipeline, source description for the report).
     """
-    if cfg.model_source == "tiny":
-        from .tiny import tiny_inpaint_pipeline
-
-        return (set_scheduler(tiny_inpaint_pipeline(), cfg.scheduler).to(device),
+    models = cfg.models
+    if models.source == "tiny":
+        return (set_scheduler(smoke_test_inpaint_pipeline(), cfg.scheduler).to(device),
                 "tiny random weights (smoke test of the code path: the output is noise, not a prior)")
-    if cfg.model_source != "pretrained":
-        raise ValueError(f"model_source {cfg.model_source!r} is not 'pretrained' or 'tiny'")
-    pipe = load_inpaint_pipeline(cfg.inpaint_model, cfg.controlnet_model, scheduler=cfg.scheduler,
-                                 local_files_only=cfg.local_files_only, device=device, weight_free=weight_free)
-    return pipe, f"{cfg.inpaint_model} + {cfg.controlnet_model}"
+    if models.source != "pretrained":
+        raise ValueError(f"models.source {models.source!r} is not 'pretrained' or 'tiny'")
+    pipe = load_inpaint_pipeline(models.base, models.controlnet, scheduler=cfg.scheduler,
+                                 local_files_only=models.local_files_only, device=device, weight_free=weight_free)
+    return pipe, f"{models.base} + {models.controlnet}"
 
 
 def sds_models_from_config(cfg, device: torch.device | str) -> SDSModels:
-    """The SDS models a ``GuidanceConfig`` asks for (``model_source`` 'pretrained' or 'tiny')."""
-    if cfg.model_source == "tiny":
-        from .tiny import tiny_sds_models
-
-        return freeze(tiny_sds_models(), device)
-    if cfg.model_source != "pretrained":
-        raise ValueError(f"model_source {cfg.model_source!r} is not 'pretrained' or 'tiny'")
-    return load_sds_models(cfg.pretrained_model, cfg.controlnet_model, local_files_only=cfg.local_files_only,
-                           device=device)
+    """The SDS models a ``GuidanceConfig`` asks for (``models.source`` 'pretrained' or 'tiny')."""
+    models = cfg.models
+    if models.source == "tiny":
+        return freeze(smoke_test_sds_models(), device)
+    if models.source != "pretrained":
+        raise ValueError(f"models.source {models.source!r} is not 'pretrained' or 'tiny'")
+    return load_sds_models(models.base, models.controlnet, local_files_only=models.local_files_only, device=device)

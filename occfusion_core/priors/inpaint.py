@@ -14,13 +14,7 @@ import math
 import numpy as np
 import torch
 
-
-def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """(x0, y0, x1, y1), end-exclusive, of the true pixels of an (H, W) mask; None if empty."""
-    ys, xs = np.nonzero(mask)
-    if len(ys) == 0:
-        return None
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+from ..masks import bounding_box
 
 
 def padded_roi(mask: np.ndarray, pad: int = 20, multiple: int = 8) -> tuple[int, int, int, int]:
@@ -38,7 +32,7 @@ def padded_roi(mask: np.ndarray, pad: int = 20, multiple: int = 8) -> tuple[int,
         (x0, y0, x1, y1) end-exclusive.
     """
     H, W = mask.shape
-    box = mask_box(mask)
+    box = bounding_box(mask)
     if box is None:
         box = (0, 0, W, H)
     x0, y0, x1, y1 = box

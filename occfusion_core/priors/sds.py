@@ -1,4 +1,5 @@
-"""Score distillation on the rendered silhouette (reference §3.4-3.5): a standalone guidance module.
+"""Score distillation on the rendered silhouette (docs/method.md, "Score distillation (SDS)"): a
+standalone guidance module.
 
 :class:`SilhouetteSDS` holds the frozen models and its own small config
 (:class:`~occfusion_core.priors.configs.GuidanceConfig`), like threestudio's guidance modules; stage 1
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .configs import GuidanceConfig
-from .diffusion import SDSModels
+from .models import SDSModels
 
 
 def _as_image_tensor(image, device, dtype) -> torch.Tensor:

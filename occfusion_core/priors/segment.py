@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..masks import bounding_box_yx, mask_iou, oriented_edges, outline_evidence, shift_mask, signed_distance
-from .diffusion import ModelWeightsMissing
+from ..masks import bounding_box, mask_iou, oriented_edges, outline_evidence, shift_mask, signed_distance
+from .models import ModelWeightsMissing
 
 __all__ = ["SamHQSegmenter", "SegmenterUnavailable", "SilhouetteCompletion", "best_shift", "complete_with_silhouette",
            "mask_iou", "oriented_edges", "outline_evidence", "shift_mask", "signed_distance"]
@@ -148,7 +148,7 @@ def best_shift(visible: np.ndarray, body: np.ndarray, max_shift: int, max_margin
     body's position is trusted unless enough of the outline disagrees (a visible foot alone does not
     move the whole body).
     """
-    y0a, x0a, y1a, x1a = bounding_box_yx(visible | body)
+    x0a, y0a, x1a, y1a = bounding_box(visible | body)
     H, W = body.shape
     pad = max_shift + max_margin + 2
     y0, x0, y1, x1 = max(0, y0a - pad), max(0, x0a - pad), min(H, y1a + pad), min(W, x1a + pad)
@@ -203,7 +203,7 @@ def complete_with_silhouette(visible: np.ndarray, body: np.ndarray, max_shift: f
         raise ValueError(f"visible {visible.shape} and body {body.shape} masks differ in size")
     if not body.any():
         return SilhouetteCompletion(visible.copy(), (0, 0), 0.0, 0)
-    y0, x0, y1, x1 = bounding_box_yx(body)
+    x0, y0, x1, y1 = bounding_box(body)
     diagonal = math.hypot(y1 - y0, x1 - x0)
     band_px = max(2.0, band * diagonal)
     shift = (0, 0)

@@ -1,6 +1,6 @@
 """Stage-1 score distillation: the glue between the trainer and the standalone SDS module.
 
-Per iteration (occfusion-reference.md §3.4): with probability ``pose_probability`` the posed branch
+Per iteration (docs/method.md, "Score distillation (SDS)"): with probability ``pose_probability`` the posed branch
 (the frame's render alpha in the body box, gradients blocked where the person is visible, the
 frame's OpenPose canvas as control), else the canonical branch (the centred canonical Gaussians
 rendered from one of 18 azimuths, the project's own canonical canvases as control). The released
@@ -44,7 +44,7 @@ class Stage1Guidance:
                           torch.stack([f.trans for f in frames])).joints45
         self.canvases = {f.name: posed_openpose_canvas(joints[i], f.camera) for i, f in enumerate(frames)}
         self.rng = np.random.default_rng(seed + 1)
-        self.source = cfg.model_source
+        self.source = cfg.models.source
 
     def describe(self) -> str:
         what = ("SD-1.5 + ControlNet openpose" if self.source == "pretrained"
@@ -54,8 +54,8 @@ class Stage1Guidance:
     def terms(self, render, frame, iteration: int, total_iterations: int, backend: str) -> dict:
         """This iteration's weighted SDS term: {'sds_pose' or 'sds_canonical': raw loss, 'total':
         weight x loss}; the trainer adds 'total' to the (scaled) pixel loss."""
+        from ..gaussians.rendering import render_gaussians
         from ..priors.sds import POSE, canonical_weight_mask, choose_branch, posed_sds_input
-        from .common import render_gaussians
 
         branch = POSE if iteration == total_iterations else choose_branch(self.rng, self.cfg.pose_probability)
         if branch == POSE:

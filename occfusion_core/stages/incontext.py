@@ -1,4 +1,5 @@
-"""Stage 2 (incontext_inpaint): fill the hidden person pixels of every frame (reference §4).
+"""Stage 2 (incontext_inpaint): fill the hidden person pixels of every frame (docs/method.md, "Stage 2:
+in-context inpainting").
 
 Hidden pixels = stage-1 alpha > ``alpha_threshold`` and not visible. Methods (``InpaintConfig.method``):
 
@@ -24,9 +25,11 @@ import numpy as np
 import torch
 
 from ..config import to_dict
+from ..imaging import resize
 from ..io import InputError, atomic_dir, load_torch, read_image, write_image, write_json
 from ..priors.configs import InpaintConfig
-from .common import pick_device, training_body_params
+from .device import pick_device
+from .trained_model import training_body_params
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +47,6 @@ def _describe(cfg: InpaintConfig, model_source: str | None) -> dict:
     return {"method": "diffusion", "models": model_source,
             "description": "in-context inpainting: [stage-1 render | observed frame] panel, ControlNet-openpose "
                            "Stable Diffusion inpainting of the hidden person pixels of the right panel"}
-
-
-def _resize(image: np.ndarray, size_wh: tuple[int, int], resample: str = "bicubic") -> np.ndarray:
-    """uint8 (h, w[, 3]) image resized to ``size_wh`` = (width, height) with PIL; unchanged if equal."""
-    from PIL import Image
-
-    if image.shape[1] == size_wh[0] and image.shape[0] == size_wh[1]:
-        return image
-    filters = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
-    return np.asarray(Image.fromarray(image).resize(size_wh, filters[resample]))
 
 
 def _read_render(renders_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -81,11 +74,11 @@ def _diffusion_panel(pipe, render: np.ndarray, observed: np.ndarray, hidden: np.
     # the pipeline works on multiples of 8: resize down to one and back (released)
     size = (max(8, (2 * w) // 8 * 8), max(8, h // 8 * 8))
     generated = run_inpaint(
-        pipe, _resize(image, size), _resize(mask.astype(np.uint8) * 255, size, "nearest") > 127,
-        _resize(control, size), prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
+        pipe, resize(image, size), resize(mask.astype(bool), size, "nearest"),
+        resize(control, size), prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
         num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
         controlnet_conditioning_scale=cfg.controlnet_conditioning_scale, guess_mode=cfg.guess_mode, seed=seed)
-    return _resize(generated, (2 * w, h))[:, w:]
+    return resize(generated, (2 * w, h))[:, w:]
 
 
 def incontext_inpaint(data_dir, stage1_renders_dir, body_model_path, cfg: InpaintConfig, out_dir,
@@ -143,8 +136,8 @@ def incontext_inpaint(data_dir, stage1_renders_dir, body_model_path, cfg: Inpain
             image = seq.image(name)
             H, W = image.shape[:2]
             # work at the render's resolution (the released stage 2 works at the half-size of stage 1)
-            observed = _resize(image, (w, h))
-            visible = _resize(seq.mask(name).astype(np.uint8) * 255, (w, h), "bilinear") > 127
+            observed = resize(image, (w, h))
+            visible = resize(seq.mask(name), (w, h), "bilinear")
             person = alpha > cfg.alpha_threshold
             hidden = person & ~visible
             out = np.where(visible[..., None], observed, 255).astype(np.uint8)
@@ -169,7 +162,7 @@ def incontext_inpaint(data_dir, stage1_renders_dir, body_model_path, cfg: Inpain
                     panel = np.where(visible[crop][..., None], out[crop], panel)
                 out[crop] = panel
                 row.update(status="inpainted", roi_xyxy=[x0, y0, x1, y1])
-            out = _resize(out, (W, H))
+            out = resize(out, (W, H))
             if has_gt and hidden.any():
                 # scored where the person really is hidden (ground-truth full mask), at frame size
                 truly_hidden = seq.gt_full_mask(name) & ~seq.mask(name)

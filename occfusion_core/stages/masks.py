@@ -1,4 +1,4 @@
-"""Stage 0 (complete_masks): a complete person mask for every frame (reference §2).
+"""Stage 0 (complete_masks): a complete person mask for every frame (docs/method.md, "Stage 0: mask completion").
 
 Methods (``MaskCompletionConfig.method``):
 
@@ -30,7 +30,7 @@ import torch
 from ..config import to_dict
 from ..io import atomic_dir, write_image, write_json, write_mask
 from ..priors.configs import MaskCompletionConfig
-from .common import pick_device
+from .device import pick_device
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """Stage metrics: PSNR / SSIM / LPIPS of the final avatar under three protocols.
 
-(a) ``heldout_full_body`` — the ZJU-MoCap protocol (anchors.md A4): held-out cameras, occlusion
-    off, the whole image, ground truth composited on the background outside the true person mask.
+(a) ``heldout_full_body`` — the ZJU-MoCap protocol of OccNeRF (docs/method.md, "Evaluation
+    protocols"): held-out cameras, occlusion off, the whole image, ground truth composited on the
+    background outside the true person mask.
 (b) ``occluded_region`` — pixels of the training frames inside the true full person mask that the
     input hides: what the method had to recover (needs ground truth; synthetic or simulated).
 (c) ``visible_train`` — visible person pixels of the training frames (the OcMotion protocol,
@@ -22,8 +23,10 @@ from torchmetrics.functional.image import structural_similarity_index_measure as
 from ..config import MetricsConfig
 from ..io import write_json
 from ..losses import LPIPSLoss, ssim_map
-from .common import body_box_mask, load_trained_model, pick_device, training_body_params
+from ..masks import body_box_mask
+from .device import pick_device
 from .render import AvatarRenderer
+from .trained_model import load_trained_model, training_body_params
 
 log = logging.getLogger(__name__)
 
@@ -136,20 +139,18 @@ def compute_metrics(data_dir, model_path, body_model_path, cfg: MetricsConfig, o
         "ground_truth": f"held-out frame composited on {bg_name} outside the true person mask",
         "render_background": bg_name, "psnr": "per image, mean over images",
         "ssim": "torchmetrics SSIM, Gaussian 11x11 sigma 1.5, whole image", "lpips": lpips_desc})
-    occluded = _Scores({
-        "views": "training camera", "pixels": "inside the true full person mask and hidden in the input",
-        "ground_truth": "unoccluded frame (gt/images)", "render_background": bg_name,
-        "psnr": "per frame over the masked pixels, mean over frames with hidden pixels",
-        "ssim": "SSIM map (Gaussian 11x11 sigma 1.5) averaged over the masked pixels, both images set to "
-                "background outside the true person mask",
-        "lpips": lpips_desc + ", on the frame with non-masked pixels set to background in both images"})
-    visible = _Scores({
-        "views": "training camera", "pixels": "visible person pixels of the input (OcMotion protocol)",
-        "ground_truth": "input frame", "render_background": bg_name,
-        "psnr": "per frame over the masked pixels, mean over frames",
-        "ssim": "SSIM map (Gaussian 11x11 sigma 1.5) averaged over the masked pixels, both images set to "
-                "background outside the visible mask",
-        "lpips": lpips_desc + ", on the frame with non-masked pixels set to background in both images"})
+    def on_training_frames(pixels: str, ground_truth: str, frames: str, mask: str) -> _Scores:
+        return _Scores({
+            "views": "training camera", "pixels": pixels, "ground_truth": ground_truth, "render_background": bg_name,
+            "psnr": f"per frame over the masked pixels, mean over {frames}",
+            "ssim": "SSIM map (Gaussian 11x11 sigma 1.5) averaged over the masked pixels, both images set to "
+                    f"background outside the {mask}",
+            "lpips": lpips_desc + ", on the frame with non-masked pixels set to background in both images"})
+
+    occluded = on_training_frames("inside the true full person mask and hidden in the input",
+                                  "unoccluded frame (gt/images)", "frames with hidden pixels", "true person mask")
+    visible = on_training_frames("visible person pixels of the input (OcMotion protocol)", "input frame", "frames",
+                                 "visible mask")
     ious, coverage = [], []
 
     for i, name in enumerate(seq.frames):

@@ -1,6 +1,6 @@
 """Stage 1 (optimize): fit animatable human Gaussians to the frames.
 
-Losses (occfusion-reference.md §3.3): L1 on the colour, a squared alpha-vs-mask loss inside the
+Losses (docs/method.md, "Stage-1 losses"): L1 on the colour, a squared alpha-vs-mask loss inside the
 projected body box, 1 - SSIM, and LPIPS where it can really be computed. ``loss_region`` says which
 pixels the photometric losses see: ``visible`` (OccGauHuman: only the person pixels the input
 shows) or ``full`` (GauHuman: the whole frame, hidden person pixels included as background).
@@ -26,7 +26,9 @@ import torch
 from ..config import OptimizeConfig, to_dict
 from ..io import atomic_dir, save_torch, write_image
 from ..losses import LPIPSLoss, box_crop, masked_mean, ssim_map
-from .common import TrainingFrame, config_digest, file_digest, load_training_frames, pick_device
+from .checkpoint import config_digest, file_digest
+from .device import pick_device
+from .frames import TrainingFrame, load_training_frames
 from .training import TrainSchedule, build_optimizer, frame_body, train_gaussians
 
 log = logging.getLogger(__name__)
@@ -193,7 +195,8 @@ def mask_targets(cfg: OptimizeConfig, seq, complete_masks_dir) -> Path | None:
         return Path(complete_masks_dir)
     if cfg.mask_source == "ground_truth":
         if not seq.has_gt:
-            raise ValueError(f"optimize: mask_source 'ground_truth' needs ground-truth full masks, and {seq.root} has no gt/")
+            raise ValueError(f"optimize: mask_source 'ground_truth' needs ground-truth full masks, and {seq.root} "
+                             "has no gt/")
         return seq.gt_root / "full_masks"
     return None
 
@@ -203,7 +206,7 @@ def render_training_frames(model, frames: list[TrainingFrame], background, backe
                            view_frame: str = "canonical", body=None) -> None:
     """Write ``<name>.png`` (RGB over the background) and ``<name>_alpha.png`` for every frame, with
     the refined body parameters when ``body`` is given."""
-    from .common import render_gaussians
+    from ..gaussians.rendering import render_gaussians
 
     with atomic_dir(out_dir) as tmp:
         for frame in frames:

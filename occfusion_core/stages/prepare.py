@@ -46,8 +46,8 @@ def _write_source(kind: str, options: dict, tmp_dir: Path, body_model_path) -> d
                                    scale=options.get("scale", 1.0))
         if options.get("occlusion"):
             from ..body.model import load_body_model
+            from ..data.occlusion import occlude_sequence
             from ..data.source_configs import SimulatedOcclusionConfig
-            from ..data.video import occlude_sequence
 
             occ = from_dict(SimulatedOcclusionConfig, options["occlusion"], "ocmotion.occlusion")
             summary["occlusion"] = occlude_sequence(tmp_dir, occ, load_body_model(body_model_path))

@@ -31,7 +31,9 @@ import torch
 from ..config import OptimizeConfig, RefineConfig, from_dict, to_dict
 from ..io import load_torch, read_image, save_torch
 from ..losses import LPIPSLoss, box_crop, masked_mean, ssim_map
-from .common import file_digest, load_training_frames, pick_device
+from .checkpoint import file_digest
+from .device import pick_device
+from .frames import load_training_frames
 from .optimize import body_refinement_record, input_signature, render_training_frames
 from .training import TrainSchedule, build_optimizer, train_gaussians
 

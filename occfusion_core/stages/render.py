@@ -11,7 +11,8 @@ import torch
 
 from ..config import RenderConfig
 from ..io import atomic_dir, write_image, write_json, write_video
-from .common import load_trained_model, pick_device, training_body_params
+from .device import pick_device
+from .trained_model import load_trained_model, training_body_params
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class AvatarRenderer:
     @torch.no_grad()
     def __call__(self, poses, betas, trans, camera):
         """-> RenderOutput for body parameters poses (72,), betas (10,), trans (3,) and a Camera."""
-        from .common import render_gaussians
+        from ..gaussians.rendering import render_gaussians
 
         dev = self.background.device
         d = self.model.deform(poses.to(dev), betas.to(dev), trans.to(dev))
@@ -97,7 +98,8 @@ def render_all(data_dir, model_path, body_model_path, cfg: RenderConfig, out_dir
                     write_image(tmp / "heldout" / view / f"{name}.png", img)
                     gt = _composite(seq.heldout_image(view, name), seq.heldout_mask(view, name), background)
                     by_frame.setdefault(name, []).append(np.concatenate([gt, img], 0))
-            write_video(tmp / "heldout.mp4", [np.concatenate(cols, 1) for cols in by_frame.values()], fps=cfg.fps // 3 or 1)
+            write_video(tmp / "heldout.mp4", [np.concatenate(cols, 1) for cols in by_frame.values()],
+                        fps=cfg.fps // 3 or 1)
             counts["heldout"] = sum(len(v) for v in by_frame.values())
 
         # 360-degree orbit around the body at the training camera's distance and height.

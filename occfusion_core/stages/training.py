@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ..config import DensifyConfig, OptimizeConfig
-from ..io import load_torch, save_torch
+from .checkpoint import CheckpointStore
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 class FrameSampler:
@@ -109,7 +107,7 @@ def train_gaussians(model, optimizer, frames: list, loss_fn: Callable, schedule:
 
     from ..body.refine import BodyRefinement
     from ..gaussians.densify import DensifyState, densify_and_prune
-    from .common import render_gaussians
+    from ..gaussians.rendering import render_gaussians
 
     device = background.device
     rng = np.random.default_rng(seed)
@@ -118,29 +116,26 @@ def train_gaussians(model, optimizer, frames: list, loss_fn: Callable, schedule:
     densify = DensifyState(model.num_gaussians, device=device)
     history: list[dict] = []
     start = schedule.first - 1
-    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
-    if ckpt_path.exists():
-        ckpt = load_torch(ckpt_path, map_location=str(device))
-        if ckpt.get("signature") == signature:
-            model.restore(ckpt["model"])  # in place: loss functions may hold the model
-            if body is not None:
-                body.restore(ckpt["body"])
-            optimizer = build_optimizer(model, schedule.lr, body)
-            optimizer.load_state_dict(ckpt["optimizer"])
-            densify = DensifyState(model.num_gaussians, device=device)
-            densify.load_state_dict(ckpt["densify"])
-            rng.bit_generator.state = ckpt["numpy_rng"]
-            sampler.stack = list(ckpt["sampler_stack"])
-            torch.set_rng_state(ckpt["torch_rng"])
-            history = ckpt["history"]
-            start = ckpt["iteration"]
-            log.info("%s: resuming from %s at iteration %d", label, ckpt_path, start)
-        else:
-            log.info("%s: ignoring %s, written with other settings or inputs", label, ckpt_path)
+    store = CheckpointStore(checkpoint_dir)
+    ckpt = store.load(signature, map_location=str(device))
+    if ckpt is not None:
+        model.restore(ckpt["model"])  # in place: loss functions may hold the model
+        if body is not None:
+            body.restore(ckpt["body"])
+        optimizer = build_optimizer(model, schedule.lr, body)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        densify = DensifyState(model.num_gaussians, device=device)
+        densify.load_state_dict(ckpt["densify"])
+        rng.bit_generator.state = ckpt["numpy_rng"]
+        sampler.stack = list(ckpt["sampler_stack"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        history = ckpt["history"]
+        start = ckpt["iteration"]
+        log.info("%s: resuming from %s at iteration %d", label, store.loaded_from, start)
     resumed_from = start
 
     def save_checkpoint(iteration: int) -> None:
-        save_torch(ckpt_path, {
+        store.save({
             "signature": signature, "iteration": iteration, "model": model.capture(),
             "body": body.capture() if body is not None else None,
             "optimizer": optimizer.state_dict(), "densify": densify.state_dict(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from occfusion_core.data.sequence import validate_sequence
+from occfusion_core.data.validate import validate_sequence
 from occfusion_core.io import write_json
 
 

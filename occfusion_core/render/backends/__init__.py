@@ -1,15 +1,14 @@
 """Rasterizer backends, chosen by name.
 
-Two kinds of backend exist:
+Two kinds of backend exist, each a contract written once here as a :class:`typing.Protocol`:
 
-- a *pixel* backend implements only the compositing step,
-  ``fn(means2d (N,2), conics (N,3), colors (N,C), opacities (N,), depths (N,), radii (N,2) int,
-  width, height) -> (image (H,W,C), alpha (H,W,1))``, with the exact semantics documented in
-  :func:`occfusion_core.render.rasterize.rasterize_to_pixels`; projection and SH run in torch.
-- a *full* backend replaces the whole of :func:`occfusion_core.render.rasterize.rasterize`:
-  ``fn(means, opacities, camera, *, quats, scales, covars, colors, sh, sh_degree, background,
-  eps2d, near, far) -> RenderOutput`` (inputs already validated; exactly one of (quats, scales) /
-  covars and one of colors / sh is not None).
+- a *pixel* backend (:class:`PixelBackendFn`) implements only the compositing step, with the exact
+  semantics documented in :func:`occfusion_core.render.rasterize.rasterize_to_pixels`; projection
+  and SH run before it (in torch, or fused in the C++ backend);
+- a *full* backend (:class:`FullBackendFn`) replaces the whole of
+  :func:`occfusion_core.render.rasterize.rasterize`.
+
+Each backend module documents only what is its own (devices, dtypes, limits, how it is built).
 
 Built-in backends live in modules of this package that are imported only when first asked for, so
 a missing compiler or CUDA never breaks ``import occfusion_core``. Loading one imports its module
@@ -24,12 +23,65 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 
+if TYPE_CHECKING:
+    from ..camera import Camera
+    from ..rasterize import RenderOutput
+
 log = logging.getLogger(__name__)
+
+
+class PixelBackendFn(Protocol):
+    """Composite projected Gaussians front to back (semantics: ``rasterize.rasterize_to_pixels``).
+
+    Args:
+        means2d: (N, 2) pixel-space centres (x = column, y = row).
+        conics: (N, 3) inverse 2D covariances [a, b, c], i.e. [[a, b], [b, c]].
+        colors: (N, C) features, any number of channels.
+        opacities: (N,) in [0, 1].
+        depths: (N,) compositing order only (ascending, ties by index); no gradient.
+        radii: (N, 2) integer box half-extents; a Gaussian with a radius <= 0 is not drawn.
+        width, height: image size in pixels.
+
+    Returns:
+        (H, W, C) composited features and (H, W, 1) alpha, differentiable w.r.t. means2d, conics,
+        colors and opacities.
+    """
+
+    def __call__(self, means2d: torch.Tensor, conics: torch.Tensor, colors: torch.Tensor,
+                 opacities: torch.Tensor, depths: torch.Tensor, radii: torch.Tensor, width: int,
+                 height: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class FullBackendFn(Protocol):
+    """Render 3D Gaussians for a camera (replaces ``rasterize.rasterize``; inputs already validated
+    there, so exactly one of (quats, scales) / covars and one of colors / sh is not None).
+
+    Args:
+        means: (N, 3) world-space centres.
+        opacities: (N,) activated opacities.
+        camera: the view.
+        quats, scales: (N, 4) (w, x, y, z) rotations of any norm and (N, 3) standard deviations, or None.
+        covars: (N, 3, 3) world-space covariances, or None.
+        colors: (N, 3) colours, or None.
+        sh: (N, K, 3) SH coefficients with ``sh_degree`` bands in use, or None.
+        background: (3,) colour, or None (black).
+        eps2d: screen-space low-pass added to the 2D covariances.
+        near, far: depth range drawn.
+
+    Returns:
+        :class:`~occfusion_core.render.rasterize.RenderOutput` in the dtype of ``means``.
+    """
+
+    def __call__(self, means: torch.Tensor, opacities: torch.Tensor, camera: "Camera", *,
+                 quats: torch.Tensor | None, scales: torch.Tensor | None, covars: torch.Tensor | None,
+                 colors: torch.Tensor | None, sh: torch.Tensor | None, sh_degree: int | None,
+                 background: torch.Tensor | None, eps2d: float, near: float, far: float) -> "RenderOutput": ...
 
 # name -> module that registers it on import.
 BUILTIN_BACKEND_MODULES: dict[str, str] = {
@@ -49,7 +101,7 @@ class Backend:
     Attributes:
         name: registry key.
         kind: "pixel" (compositing only) or "full" (whole render).
-        fn: the callable described in the module docstring.
+        fn: a :class:`PixelBackendFn` or a :class:`FullBackendFn`, by kind.
         devices: device types it runs on ("cpu", "cuda"); None = any.
     """
 
@@ -66,13 +118,13 @@ _REGISTRY: dict[str, Backend] = {}
 _LOAD_FAILURES: dict[str, str] = {}  # name -> reason; each logged once
 
 
-def register_pixel_backend(name: str, fn: Callable, *, devices: tuple[str, ...] | None = None) -> None:
-    """Register (or replace) a compositing-only backend; see the module docstring for ``fn``."""
+def register_pixel_backend(name: str, fn: PixelBackendFn, *, devices: tuple[str, ...] | None = None) -> None:
+    """Register (or replace) a compositing-only backend."""
     _REGISTRY[name] = Backend(name, "pixel", fn, devices)
     _LOAD_FAILURES.pop(name, None)
 
 
-def register_full_backend(name: str, fn: Callable, *, devices: tuple[str, ...] | None = None) -> None:
+def register_full_backend(name: str, fn: FullBackendFn, *, devices: tuple[str, ...] | None = None) -> None:
     """Register (or replace) a backend that renders from 3D Gaussians itself."""
     _REGISTRY[name] = Backend(name, "full", fn, devices)
     _LOAD_FAILURES.pop(name, None)

@@ -241,22 +241,9 @@ def rasterize_to_pixels(
     width: int,
     height: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Composite projected Gaussians front to back into an image (the pixel-backend contract).
-
-    Args:
-        means2d: (N, 2) pixel-space centres (x, y).
-        conics: (N, 3) inverse 2D covariance (a, b, c), i.e. [[a, b], [b, c]].
-        colors: (N, C) any number of channels.
-        opacities: (N,) in [0, 1].
-        depths: (N,) only orders the Gaussians (ascending, ties by index); gets no gradient.
-        radii: (N, 2) integer pixel half-extents; a Gaussian with a radius <= 0 is culled.
-        width, height: image size in pixels.
-
-    All float inputs share one dtype (float32 or float64) and live on the CPU; non-contiguous inputs
-    are copied and int64 radii are converted.
-
-    Returns:
-        image (H, W, C) and alpha (H, W, 1), differentiable w.r.t. means2d, conics, colors, opacities.
+    """The pixel-backend contract (:class:`~occfusion_core.render.backends.PixelBackendFn`) in the
+    compiled C++/OpenMP extension: CPU tensors, one float dtype (float32 or float64) for all inputs;
+    non-contiguous inputs are copied and int64 radii converted.
 
     Raises:
         RuntimeError: the extension is unavailable (message says why), or the inputs are malformed.

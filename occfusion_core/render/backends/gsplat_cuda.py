@@ -2,8 +2,9 @@
 
 Install
     ``pip install gsplat "torch==<your torch>"``: loading the backend (first use of "gsplat" or
-    "auto" on a CUDA device) JIT-compiles gsplat's CUDA kernels (a few minutes, once; needs the CUDA toolkit, ``nvcc``, of torch's CUDA version, i.e. a *devel* CUDA
-    image, and ``TORCH_CUDA_ARCH_LIST`` set to the GPU, e.g. "9.0" for an H100). Prebuilt wheels
+    "auto" on a CUDA device) JIT-compiles gsplat's CUDA kernels (a few minutes, once; needs the CUDA
+    toolkit, ``nvcc``, of torch's CUDA version, i.e. a *devel* CUDA image, and ``TORCH_CUDA_ARCH_LIST``
+    set to the GPU, e.g. "9.0" for an H100). Prebuilt wheels
     exist for some torch/CUDA pairs: ``pip install gsplat --index-url
     https://docs.gsplat.studio/whl/pt24cu124`` (pattern ``pt<torch>cu<cuda>``, list at
     https://docs.gsplat.studio/whl). Written against gsplat 1.5.3.
@@ -89,22 +90,8 @@ def rasterize_gsplat(
     near: float,
     far: float,
 ):
-    """Render with ``gsplat.rasterization`` (the full-backend contract of
-    :mod:`occfusion_core.render.backends`; inputs already validated by ``rasterize``).
-
-    Args:
-        means: (N, 3) world-space means.
-        opacities: (N,) activated opacities.
-        camera: the view.
-        quats, scales: (N, 4) (w, x, y, z) rotations and (N, 3) standard deviations, or None.
-        covars: (N, 3, 3) world-space covariances, or None.
-        colors: (N, 3) colours, or None.
-        sh: (N, K, 3) SH coefficients with ``sh_degree`` bands in use, or None.
-        background: (3,) colour or None (black).
-        eps2d, near, far: as in ``rasterize``.
-
-    Returns:
-        :class:`~occfusion_core.render.rasterize.RenderOutput` in the dtype of ``means``.
+    """The full-backend contract (:class:`~occfusion_core.render.backends.FullBackendFn`) with
+    ``gsplat.rasterization`` on CUDA.
 
     Raises:
         ValueError: the camera has skew (K[0, 1] != 0), which gsplat's projection ignores.

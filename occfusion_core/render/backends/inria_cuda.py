@@ -27,12 +27,12 @@ channel 0 is alpha (sum_i alpha_i T_i = 1 - T_final) and channel 1 the accumulat
 sum_i w_i z_i of the contract; gradients reach the Gaussians through both passes. It costs one
 more rasterization, forward and backward.
 
-Camera (occfusion-reference.md section 6.5; inria uses row vectors): ``viewmatrix`` = w2c^T,
-``projmatrix`` = (P w2c)^T with P from K by :func:`projection_matrix_from_K` (principal point
-included), znear 0.001, zfar 1000, ``tanfovx`` = W / (2 fx), ``tanfovy`` = H / (2 fy) (which gives
-inria's focal lengths back exactly), ``campos`` = camera centre. Inria puts pixel (j, i) at integer
-coordinates and a point at ndc2Pix(ndc) = u - 0.5 for our continuous coordinate u, so both
-conventions place every Gaussian at the same offset from every pixel centre.
+Camera (GauHuman's released code, ``utils/graphics_utils.py: getProjectionMatrix_refine``; inria
+uses row vectors): ``viewmatrix`` = w2c^T, ``projmatrix`` = (P w2c)^T with P from K by
+:func:`projection_matrix_from_K` (principal point included), znear 0.001, zfar 1000, ``tanfovx`` = W / (2 fx),
+``tanfovy`` = H / (2 fy) (which gives inria's focal lengths back exactly), ``campos`` = camera centre.
+Inria puts pixel (j, i) at integer coordinates and a point at ndc2Pix(ndc) = u - 0.5 for our continuous
+coordinate u, so both conventions place every Gaussian at the same offset from every pixel centre.
 
 ``means2d``: inria returns its screen-space gradient through a ``means2D`` (N, 3) input whose values
 it ignores, and that gradient is taken w.r.t. normalised device coordinates: dL/dndc =
@@ -85,7 +85,7 @@ log = logging.getLogger(__name__)
 COMPUTE_DTYPE = torch.float32
 # The low-pass filter inria adds to every 2D covariance (its computeCov2D), pixels^2.
 INRIA_EPS2D = 0.3
-# occfusion-reference.md section 6.5 (GauHuman's getProjectionMatrix_refine).
+# GauHuman's released code, utils/graphics_utils.py: getProjectionMatrix_refine.
 ZNEAR, ZFAR = 0.001, 1000.0
 # Upper-triangle order of inria's cov3D_precomp: xx, xy, xz, yy, yz, zz.
 _TRIU_ROWS, _TRIU_COLS = [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]
@@ -389,24 +389,10 @@ def rasterize_inria(
     near: float,
     far: float,
 ):
-    """Render with ``diff_gaussian_rasterization`` (the full-backend contract of
-    :mod:`occfusion_core.render.backends`; inputs already validated by ``rasterize``).
-
-    Args:
-        means: (N, 3) world-space means.
-        opacities: (N,) activated opacities.
-        camera: the view (no skew).
-        quats, scales: (N, 4) (w, x, y, z) rotations, any norm, and (N, 3) standard deviations, or None.
-        covars: (N, 3, 3) world-space covariances, or None.
-        colors: (N, 3) colours, or None.
-        sh: (N, K, 3) SH coefficients with ``sh_degree`` bands in use, or None.
-        background: (3,) colour or None (black).
-        eps2d: must be 0.3 (inria's fixed low-pass filter).
-        near, far: see the module docstring (effective near is max(near, 0.2)).
-
-    Returns:
-        :class:`~occfusion_core.render.rasterize.RenderOutput` in the dtype of ``means``; its
-        ``means2d`` is a leaf whose ``.grad`` receives the pixel-space gradient.
+    """The full-backend contract (:class:`~occfusion_core.render.backends.FullBackendFn`) with
+    ``diff_gaussian_rasterization`` (3DGS's rasterizer, the alpha/depth fork) on CUDA: ``eps2d`` is
+    fixed at 0.3 by that code, the effective near plane is max(near, 0.2), and the returned
+    ``means2d`` is a leaf whose ``.grad`` receives the pixel-space gradient.
 
     Raises:
         ValueError: eps2d other than 0.3, or a camera with skew.

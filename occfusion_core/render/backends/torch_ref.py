@@ -222,7 +222,8 @@ def _expand_footprints(fp: _Footprints, band: tuple[int, int], width: int) -> tu
     row_first_pair = torch.cumsum(row_width, 0) - row_width
     pair_gauss = torch.repeat_interleave(row_gauss, row_width)
     pixel_base = (row_first_pixel - row_first_pair).to(torch.int32)
-    pixel = torch.repeat_interleave(pixel_base, row_width) + torch.arange(len(pair_gauss), device=device, dtype=torch.int32)
+    pixel = (torch.repeat_interleave(pixel_base, row_width)
+             + torch.arange(len(pair_gauss), device=device, dtype=torch.int32))
     return pair_gauss, pixel
 
 
@@ -296,20 +297,10 @@ def rasterize_to_pixels_torch(
     width: int,
     height: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Front-to-back alpha compositing of 2D Gaussians (semantics: ``rasterize_to_pixels``).
-
-    Args:
-        means2d: (N, 2) pixel-space means (x, y).
-        conics: (N, 3) inverse 2D covariances [a, b, c].
-        colors: (N, C) features to composite.
-        opacities: (N,) opacities.
-        depths: (N,) sort keys (camera depth); not differentiated.
-        radii: (N, 2) integer box half-extents; 0 on either axis = not drawn.
-        width, height: image size.
-
-    Returns:
-        (H, W, C) composited features, (H, W, 1) accumulated alpha.
-    """
+    """The plain torch reference of the pixel-backend contract
+    (:class:`~occfusion_core.render.backends.PixelBackendFn`): every pair of Gaussian and pixel it touches as
+    tensors, so it runs on any device and dtype and its gradients come from autograd; the compiled backends
+    are tested against it."""
     with torch.no_grad():
         gauss, footprints = _footprints(means2d, conics, opacities, depths, radii, width, height)
         gauss32 = gauss.to(torch.int32)

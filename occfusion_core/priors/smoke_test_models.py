@@ -1,4 +1,5 @@
-"""Tiny random-weight versions of every diffusion model the method uses, built from config.
+"""Smoke-test stand-ins: tiny random-weight versions of every diffusion model the method uses, built
+from config (``model_source: tiny`` in a stage's config, and the tests).
 
 They have SD 1.5's structure at toy width: the VAE downsamples by 8 (4 latent channels, scaling
 factor 0.18215), the UNets take 4 (text-to-image) or 9 (inpainting) channels, the ControlNet's
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .diffusion import SDSModels
+from .models import SDSModels
 
 TEXT_WIDTH = 32
 """Hidden size of the tiny CLIP text encoder = cross-attention width of the tiny UNet/ControlNet."""
@@ -123,7 +124,7 @@ def tiny_controlnet():
     return ControlNetModel(in_channels=4, conditioning_embedding_out_channels=(8, 8, 16, 16), **_UNET_BLOCKS)
 
 
-def tiny_inpaint_pipeline(seed: int = 0):
+def smoke_test_inpaint_pipeline(seed: int = 0):
     """The real ``StableDiffusionControlNetInpaintPipeline`` around tiny random models (DDIM sampler;
     swap it with :func:`occfusion_core.priors.diffusion.set_scheduler`)."""
     from diffusers import StableDiffusionControlNetInpaintPipeline
@@ -139,7 +140,7 @@ def tiny_inpaint_pipeline(seed: int = 0):
     return pipe
 
 
-def tiny_sds_models(seed: int = 0) -> SDSModels:
+def smoke_test_sds_models(seed: int = 0) -> SDSModels:
     """UNet (4 channels), VAE, CLIP, tokenizer, ControlNet and DDIM scheduler, random weights."""
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
@@ -149,7 +150,7 @@ def tiny_sds_models(seed: int = 0) -> SDSModels:
                      source="tiny random weights (smoke test: not a prior)")
 
 
-def save_tiny_models(folder: str | os.PathLike, seed: int = 0) -> dict[str, Path]:
+def save_smoke_test_models(folder: str | os.PathLike, seed: int = 0) -> dict[str, Path]:
     """Write tiny models in the layouts of the real hub repos, for the ``from_pretrained`` loaders.
 
     Layout::
@@ -164,14 +165,14 @@ def save_tiny_models(folder: str | os.PathLike, seed: int = 0) -> dict[str, Path
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
     folder = Path(folder)
-    inpaint = tiny_inpaint_pipeline(seed)
+    inpaint = smoke_test_inpaint_pipeline(seed)
     paths = {"inpainting": folder / "inpainting", "sd15": folder / "sd15", "controlnet": folder / "controlnet"}
     StableDiffusionInpaintPipeline(
         vae=inpaint.vae, text_encoder=inpaint.text_encoder, tokenizer=inpaint.tokenizer, unet=inpaint.unet,
         scheduler=_pndm(), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False).save_pretrained(paths["inpainting"])
     inpaint.controlnet.save_pretrained(paths["controlnet"])
-    sds = tiny_sds_models(seed + 1)
+    sds = smoke_test_sds_models(seed + 1)
     StableDiffusionPipeline(
         vae=sds.vae, text_encoder=sds.text_encoder, tokenizer=sds.tokenizer, unet=sds.unet,
         scheduler=_pndm(), safety_checker=None, feature_extractor=None,
