@@ -218,6 +218,13 @@ class OptimizeConfig:
     """Learn per-frame joint-rotation corrections from the body pose (GauHuman)."""
     lbs_offsets: bool = True
     """Learn skinning-weight offsets on top of nearest-vertex weights (GauHuman)."""
+    lbs_offset_every: int = 4
+    """Run the skinning-offset decoder (and let it learn) every this many iterations; between, its
+    last offsets are reused. The decoder costs about 70k multiply-adds per Gaussian forward and twice
+    that backward, the largest single part of a CPU iteration, while its output moves by at most
+    about lr_lbs_offset per step. 1: every iteration (GauHuman). Measured on the synthetic subject
+    (128 px, 1200 iterations, one thread): held-out 19.72 / 19.73 / 19.73 dB for 1 / 4 / no decoder,
+    stage 1 in 84 / 53 / 43 s (``bench/stage1_quality.py --set lbs_offset_every=4``)."""
     background: list = field(default_factory=lambda: [1.0, 1.0, 1.0])
     """Background colour (RGB in [0, 1]); the paper trains on white."""
     checkpoint_every: int = 200

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5, device=None, dtype=torch.float32) -> torch.Tensor:
+def gaussian_window_1d(size: int = 11, sigma: float = 1.5, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(size,) normalised Gaussian weights; the SSIM window is its outer product with itself."""
     x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
+    return g / g.sum()
 
 
 def ssim_map(img1: torch.Tensor, img2: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -27,17 +27,20 @@ def ssim_map(img1: torch.Tensor, img2: torch.Tensor, window: int = 11, sigma: fl
 
     Gaussian window 11x11, sigma 1.5, C1 = 0.01^2, C2 = 0.03^2, zero padding: the 3DGS/GauHuman loss
     SSIM. (torchmetrics' SSIM crops the border instead of returning a full-size map, which a
-    pixel-masked mean needs; tests hold this one to torchmetrics on the interior.)
+    pixel-masked mean needs; tests hold this one to torchmetrics on the interior and to the 2D
+    convolution everywhere.) The five local means are one pass of the separable window (a row
+    then a column convolution over the five maps stacked as channels): the same sums as the 11x11
+    convolution, about five times fewer operations.
     """
-    c = img1.shape[1]
-    w = _gaussian_window(window, sigma, img1.device, img1.dtype).expand(c, 1, window, window)
+    b, c, h, w = img1.shape
+    g = gaussian_window_1d(window, sigma, img1.device, img1.dtype)
     pad = window // 2
-    mu1 = F.conv2d(img1, w, padding=pad, groups=c)
-    mu2 = F.conv2d(img2, w, padding=pad, groups=c)
+    maps = torch.cat([img1, img2, img1 * img1, img2 * img2, img1 * img2], dim=1)  # (B, 5C, H, W)
+    rows = F.conv2d(maps, g.view(1, 1, 1, window).expand(5 * c, 1, 1, window), padding=(0, pad), groups=5 * c)
+    means = F.conv2d(rows, g.view(1, 1, window, 1).expand(5 * c, 1, window, 1), padding=(pad, 0), groups=5 * c)
+    mu1, mu2, e11, e22, e12 = means.split(c, dim=1)
     mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
-    s1 = F.conv2d(img1 * img1, w, padding=pad, groups=c) - mu1_sq
-    s2 = F.conv2d(img2 * img2, w, padding=pad, groups=c) - mu2_sq
-    s12 = F.conv2d(img1 * img2, w, padding=pad, groups=c) - mu12
+    s1, s2, s12 = e11 - mu1_sq, e22 - mu2_sq, e12 - mu12
     c1, c2 = 0.01**2, 0.03**2
     return ((2 * mu12 + c1) * (2 * s12 + c2)) / ((mu1_sq + mu2_sq + c1) * (s1 + s2 + c2))
 

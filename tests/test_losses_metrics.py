@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
 
-from occfusion_core.losses import masked_mean, ssim_map
+from occfusion_core.losses import gaussian_window_1d, masked_mean, ssim_map
 from occfusion_core.masks import body_box_mask, bounding_box
 from occfusion_core.render.camera import Camera, look_at
 from occfusion_core.stages.metrics import psnr, ssim_full, ssim_masked
@@ -21,6 +21,37 @@ def test_ssim_map_matches_torchmetrics_away_from_the_border():
     ref = tm_ssim(a, b, data_range=1.0, kernel_size=11, sigma=1.5)
     assert abs(float(ours) - float(ref)) < 2e-3
     assert torch.allclose(ssim_map(a, a), torch.ones_like(a), atol=1e-4)
+
+
+def _ssim_map_2d(img1, img2, window=11, sigma=1.5):
+    """The plain reference: five depthwise 11x11 convolutions with the outer-product window."""
+    g = gaussian_window_1d(window, sigma, dtype=img1.dtype)
+    c, pad = img1.shape[1], window // 2
+    w = (g[:, None] * g[None, :]).expand(c, 1, window, window)
+
+    def mean(x):
+        return torch.nn.functional.conv2d(x, w, padding=pad, groups=c)
+
+    mu1, mu2 = mean(img1), mean(img2)
+    s1, s2, s12 = mean(img1 * img1) - mu1**2, mean(img2 * img2) - mu2**2, mean(img1 * img2) - mu1 * mu2
+    c1, c2 = 0.01**2, 0.03**2
+    return ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1**2 + mu2**2 + c1) * (s1 + s2 + c2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_separable_ssim_equals_the_2d_convolution_in_values_and_gradients(dtype):
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(2, 3, 37, 29, generator=g, dtype=dtype, requires_grad=True)
+    b = (a.detach() + 0.2 * torch.randn(2, 3, 37, 29, generator=g, dtype=dtype)).clamp(0, 1).requires_grad_(True)
+    weight = torch.rand(2, 3, 37, 29, generator=g, dtype=dtype)
+    ours, ref = ssim_map(a, b), _ssim_map_2d(a, b)
+    # float32: the variances E[x^2] - mu^2 cancel, so the two summation orders round apart by ~1e-6
+    tol = dict(rtol=1e-3, atol=2e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ours, ref, **tol)
+    grads = torch.autograd.grad((ours * weight).sum(), (a, b))
+    ref_grads = torch.autograd.grad((ref * weight).sum(), (a, b))
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, **tol)
 
 
 def test_ssim_map_is_differentiable():

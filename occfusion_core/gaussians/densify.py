@@ -128,6 +128,7 @@ def replace_gaussian_rows(model: HumanGaussians, optimizer: torch.optim.Optimize
             group = groups.get(name)
             if group is None or len(group["params"]) != 1 or group["params"][0] is not old:
                 raise ValueError(f"optimizer group {name!r} does not hold exactly the model's {GAUSSIAN_GROUPS[name]}")
+    model.forget_lbs_offsets()
     new_params: dict[str, nn.Parameter] = {}
     for name, old in model.gaussian_parameters().items():
         added = additions[name].to(old.dtype)

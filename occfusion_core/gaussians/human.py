@@ -148,6 +148,10 @@ class HumanGaussians(nn.Module):
             if pose_refiner else None
         self.lbs_offset_decoder = LBSOffsetDecoder(total_bones=self.num_joints).to(device, dtype) \
             if lbs_offsets else None
+        self.reuse_lbs_offsets = False
+        """Set by a trainer between refreshes: deform with the decoder's last offsets (detached)
+        instead of running it (see ``OptimizeConfig.lbs_offset_every``)."""
+        self._lbs_offsets: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ accessors
 
@@ -204,42 +208,83 @@ class HumanGaussians(nn.Module):
     @torch.no_grad()
     def cached_nearest_vertex(self) -> torch.Tensor:
         """(N,) nearest big-pose body vertex of every Gaussian, searched again only for the Gaussians
-        that moved far enough to possibly change it.
+        that moved far enough to possibly change it, and then first among the vertices around it.
 
         With e the distance a Gaussian moved since its vertex was found, d1 and d2 its distances then
         to the nearest and the second-nearest vertex, no other vertex can have come nearer while
-        e < (d2 - d1) / 2; only Gaussians past that margin are searched again (exactly), so the
-        answer is always the exact nearest vertex while a training step usually searches none.
+        e < (d2 - d1) / 2; only Gaussians past that margin are searched again. The search looks at
+        the old nearest vertex v and its K nearest vertices first: the new nearest v' has
+        |v - v'| <= 2 |x - v|, and the second-nearest s has |v - s| <= |x - v| + |x - s|, so when that
+        bound is below the distance to v's K-th neighbour both are among them; the rest are searched
+        among all vertices. The answer is always exact (ties: the lower index, as :func:`knn`).
         """
         xyz = self.xyz.detach()
         cache = getattr(self, "_nearest_cache", None)
         if cache is None or cache[0].shape != xyz.shape or cache[0].device != xyz.device:
-            stale = torch.ones(xyz.shape[0], dtype=torch.bool, device=xyz.device)
-            cache = (xyz.clone(), torch.zeros(xyz.shape[0], dtype=torch.long, device=xyz.device),
-                     torch.zeros(xyz.shape[0], dtype=xyz.dtype, device=xyz.device))
-        else:
-            stale = (xyz - cache[0]).norm(dim=-1) >= cache[2]
-        if bool(stale.any()):
-            snapshot, nearest, margin = cache
-            dist2, idx = knn(xyz[stale], self.big_pose_vertices, 2)
-            snapshot[stale] = xyz[stale]
-            nearest[stale] = idx[:, 0]
-            margin[stale] = 0.5 * (dist2[:, 1].sqrt() - dist2[:, 0].sqrt())
-            self._nearest_cache = (snapshot, nearest, margin)
-        return self._nearest_cache[1]
+            snapshot = xyz.clone()
+            dist2, idx = knn(xyz, self.big_pose_vertices, 2)
+            self._nearest_cache = (snapshot, idx[:, 0].clone(), 0.5 * (dist2[:, 1].sqrt() - dist2[:, 0].sqrt()))
+            return self._nearest_cache[1]
+        snapshot, nearest, margin = cache
+        stale = torch.nonzero((xyz - snapshot).norm(dim=-1) >= margin)[:, 0]
+        if stale.numel() == 0:
+            return nearest
+        points = xyz[stale]
+        neighbours, reach = self._vertex_neighbourhoods()
+        around = neighbours[nearest[stale]]  # (M, K + 1) candidates, sorted by index
+        d2 = (points[:, None] - self.big_pose_vertices[around]).square().sum(-1)
+        d2, order = torch.sort(d2, dim=1, stable=True)
+        best = torch.gather(around, 1, order[:, :2])
+        d_old = (points - self.big_pose_vertices[nearest[stale]]).norm(dim=-1)
+        inside = d_old + d2[:, 1].sqrt() < reach[nearest[stale]]
+        new_nearest, first, second = best[:, 0].clone(), d2[:, 0].sqrt(), d2[:, 1].sqrt()
+        outside = torch.nonzero(~inside)[:, 0]
+        if outside.numel():
+            full_d2, full_idx = knn(points[outside], self.big_pose_vertices, 2)
+            new_nearest[outside] = full_idx[:, 0]
+            first[outside], second[outside] = full_d2[:, 0].sqrt(), full_d2[:, 1].sqrt()
+        snapshot[stale] = points
+        nearest[stale] = new_nearest
+        margin[stale] = 0.5 * (second - first)
+        return nearest
+
+    NEIGHBOURHOOD_SIZE = 16
+    """Vertices around a Gaussian's last nearest vertex that :meth:`cached_nearest_vertex` looks at first."""
+
+    def _vertex_neighbourhoods(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(V, K + 1) each vertex and its K nearest vertices, sorted by index; (V,) the distance to
+        the K-th (computed once per body)."""
+        cached = getattr(self, "_neighbourhoods", None)
+        vertices = self.big_pose_vertices
+        if cached is None or cached[0].device != vertices.device:
+            k = min(self.NEIGHBOURHOOD_SIZE, vertices.shape[0] - 1)
+            dist2, idx = knn(vertices, vertices, k, exclude_self=True)
+            own = torch.arange(vertices.shape[0], device=vertices.device)[:, None]
+            self._neighbourhoods = (torch.cat([own, idx], dim=1).sort(dim=1).values, dist2[:, -1].sqrt())
+        return self._neighbourhoods
 
     def skinning_weights(self, nearest: torch.Tensor) -> torch.Tensor:
         """(N,) nearest-vertex indices -> (N, J) skinning weights of the current Gaussians.
 
         With the offset decoder: softmax(log(W_body[nearest] + 1e-9) + ΔW(xyz)), ΔW fed the
         detached centres (GauHuman), so the decoder learns from the deformed geometry while the
-        centres get no gradient through their encoding.
+        centres get no gradient through their encoding. With ``reuse_lbs_offsets`` the last ΔW is
+        used as a constant (no decoder run, no gradient to it).
         """
         body_weights = self.lbs_weights[nearest]
         if self.lbs_offset_decoder is None:
             return body_weights
-        logits = torch.log(body_weights + 1e-9) + self.lbs_offset_decoder(self.xyz.detach())
-        return torch.softmax(logits, dim=-1)
+        cached = self._lbs_offsets
+        if self.reuse_lbs_offsets and cached is not None and cached.shape[0] == self.num_gaussians:
+            offsets = cached
+        else:
+            offsets = self.lbs_offset_decoder(self.xyz.detach())
+            self._lbs_offsets = offsets.detach()
+        return torch.softmax(torch.log(body_weights + 1e-9) + offsets, dim=-1)
+
+    def forget_lbs_offsets(self) -> None:
+        """Drop the cached decoder offsets (the Gaussians were replaced, e.g. by densification)."""
+        self._lbs_offsets = None
 
     def _pose_body(self, rot_mats: torch.Tensor, betas: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -32,7 +32,8 @@ def knn(query: torch.Tensor, points: torch.Tensor, k: int, *, exclude_self: bool
         chunk_elements: bound on the entries of one (chunk, N) distance block.
 
     Returns:
-        dist2: (M, k) squared Euclidean distances, computed from the coordinates.
+        dist2: (M, k) squared Euclidean distances, computed from the coordinates (between points at
+            the very same distance, the lower index first).
         idx: (M, k) long indices into ``points``.
     """
     if query.ndim != 2 or points.ndim != 2 or query.shape[-1] != points.shape[-1]:
@@ -60,6 +61,7 @@ def knn(query: torch.Tensor, points: torch.Tensor, k: int, *, exclude_self: bool
             rows = torch.arange(stop - start, device=query.device)
             score[rows, rows + start] = float("inf")
         idx[start:stop] = torch.topk(score, candidates, dim=1, largest=False, sorted=True).indices
+    idx = idx.sort(dim=1).values  # exact ties then go to the lower index
     dist2 = (query[:, None, :] - points[idx]).square().sum(-1)
     dist2, order = torch.sort(dist2, dim=1, stable=True)
     dist2, idx = dist2[:, :k], torch.gather(idx, 1, order[:, :k])

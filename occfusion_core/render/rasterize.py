@@ -123,21 +123,40 @@ def rasterize_with_sh(
         means (N, 3), opacities (N,), covars (N, 3, 3), sh (N, K, 3); view_transforms (N, 3, 3) or None.
     """
     chosen = get_backend(backend, device=means.device)
-    if chosen.name == "cpp" and means.device.type == "cpu":
-        from .backends.cpp import project_and_shade
-
-        means2d, conics, depths, radii, colors = project_and_shade(
-            means, covars, sh, int(sh_degree), camera.to(means.device, means.dtype), view_transforms, eps2d, near, far)
-        features = torch.cat([colors, depths[:, None]], dim=1)
-        image, alpha = chosen.fn(means2d, conics, features, opacities, depths, radii, camera.width, camera.height)
-        rgb, depth = image[..., :3], image[..., 3:]
-        if background is not None:
-            rgb = rgb + (1.0 - alpha) * background
-        return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, means2d=means2d, radii=radii,
-                            visible=(radii > 0).all(dim=-1))
+    if _fused_projection(chosen, means):
+        return _project_shade_composite(chosen, means, opacities, camera, covars, sh, int(sh_degree), view_transforms,
+                                        background, eps2d, near, far)
     colors = sh_to_rgb(int(sh_degree), sh, view_directions(means, camera.center, view_transforms))
     return rasterize(means, opacities, camera, covars=covars, colors=colors, background=background,
                      backend=backend, eps2d=eps2d, near=near, far=far)
+
+
+def _fused_projection(chosen, means: torch.Tensor) -> bool:
+    """Projection and colours run compiled (one pass) where the compiled CPU compositing runs."""
+    return chosen.name == "cpp" and means.device.type == "cpu"
+
+
+def _project_shade_composite(chosen, means, opacities, camera, covars, sh, sh_degree, view_transforms, background,
+                             eps2d, near, far, colors=None) -> RenderOutput:
+    """:func:`occfusion_core.render.backends.cpp.project_and_shade`, then the compositing; given
+    ``colors`` replace the SH colours (then ``sh`` is a zero degree-0 stand-in)."""
+    from .backends.cpp import project_and_shade
+
+    means2d, conics, depths, radii, shaded = project_and_shade(
+        means, covars, sh, sh_degree, camera.to(means.device, means.dtype), view_transforms, eps2d, near, far)
+    return _composite(chosen, means2d, conics, shaded if colors is None else colors, opacities, depths, radii, camera,
+                      background)
+
+
+def _composite(chosen, means2d, conics, colors, opacities, depths, radii, camera, background) -> RenderOutput:
+    # Depth rides along as a fourth channel: the same weights, no second pass.
+    features = torch.cat([colors, depths[:, None]], dim=1)
+    image, alpha = chosen.fn(means2d, conics, features, opacities, depths, radii, camera.width, camera.height)
+    rgb, depth = image[..., :3], image[..., 3:]
+    if background is not None:
+        rgb = rgb + (1.0 - alpha) * background
+    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, means2d=means2d, radii=radii,
+                        visible=(radii > 0).all(dim=-1))
 
 
 def _check_tensor(name: str, tensor: torch.Tensor, shape: tuple, reference: torch.Tensor) -> None:
@@ -244,16 +263,15 @@ def rasterize(
 
     if covars is None:
         covars = quat_scale_to_covar(quats, scales)
+    if _fused_projection(chosen, means) and (colors is None and sh_degree == 0):
+        # degree 0 has no viewing direction, so no gradient is lost by the compiled pass's constant ones
+        return _project_shade_composite(chosen, means, opacities, camera, covars, sh, 0, None, background, eps2d,
+                                        near, far)
+    if _fused_projection(chosen, means) and colors is not None:
+        return _project_shade_composite(chosen, means, opacities, camera, covars, means.new_zeros(n, 1, 3), 0, None,
+                                        background, eps2d, near, far, colors=colors)
     proj = project_gaussians(means, covars, camera, eps2d=eps2d, near=near, far=far)
     if colors is None:
         view_dirs = means - camera.center.to(means.device, means.dtype)
         colors = sh_to_rgb(sh_degree, sh, view_dirs)
-    # Depth rides along as a fourth channel: the same weights, no second pass.
-    features = torch.cat([colors, proj.depths[:, None]], dim=1)
-    image, alpha = chosen.fn(
-        proj.means2d, proj.conics, features, opacities, proj.depths, proj.radii, camera.width, camera.height
-    )
-    rgb, depth = image[..., :3], image[..., 3:]
-    if background is not None:
-        rgb = rgb + (1.0 - alpha) * background
-    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, means2d=proj.means2d, radii=proj.radii, visible=proj.visible)
+    return _composite(chosen, proj.means2d, proj.conics, colors, opacities, proj.depths, proj.radii, camera, background)

@@ -158,6 +158,7 @@ def train_gaussians(model, optimizer, frames: list, loss_fn: Callable, schedule:
                                     active=schedule.learn_body and it >= schedule.body_start)
         if it > 1 and (it - 1) % schedule.sh_increase_every == 0:
             model.oneup_sh_degree()
+        model.reuse_lbs_offsets = (local - 1) % schedule.lr.lbs_offset_every != 0
         frame = frames[sampler.next()]
         poses, betas, trans = frame_body(frame, body)
         d = model.deform(poses, betas, trans)
@@ -194,4 +195,5 @@ def train_gaussians(model, optimizer, frames: list, loss_fn: Callable, schedule:
         if it % schedule.checkpoint_every == 0 and it < schedule.last:
             save_checkpoint(it)
     bar.close()
+    model.reuse_lbs_offsets = False
     return model, optimizer, history, time.time() - t0, resumed_from

@@ -208,8 +208,9 @@ class SkinCpp(torch.autograd.Function):
         grads = [torch.zeros(shape, dtype=xyz.dtype) if g is None else g.contiguous()
                  for g, shape in ((grad_means, (xyz.shape[0], 3)), (grad_covars, (xyz.shape[0], 3, 3)),
                                   (grad_linear, (xyz.shape[0], 3, 3)))]
-        g_w, g_target, g_x, g_d, g_t, g_s, g_q = torch.ops.occfusion_cpu.skin_backward(*inputs, *grads)
-        return g_w, None, g_target, g_x, g_d, g_t, g_s, g_q
+        weight_grad = ctx.needs_input_grad[0]
+        g_w, g_target, g_x, g_d, g_t, g_s, g_q = torch.ops.occfusion_cpu.skin_backward(*inputs, *grads, weight_grad)
+        return g_w if weight_grad else None, None, g_target, g_x, g_d, g_t, g_s, g_q
 
 
 def skin_gaussians(weights: torch.Tensor, big: torch.Tensor, target: torch.Tensor, xyz: torch.Tensor,

@@ -82,6 +82,7 @@ inline void skin_one(int64_t i, int J, const scalar_t* w, const double* big, con
   const scalar_t* wi = w + i * J;
   for (int j = 0; j < J; ++j) {
     const double wj = wi[j];
+    if (wj == 0.0) continue;  // skinning weights are sparse (a few bones per Gaussian); adding 0 changes nothing
     for (int e = 0; e < 12; ++e) Bm[e] += wj * big[12 * j + e], Am[e] += wj * tgt[12 * j + e];
   }
   for (int r = 0; r < 3; ++r) {
@@ -159,18 +160,20 @@ std::vector<at::Tensor> skin_forward(const at::Tensor& weights, const at::Tensor
 }
 
 // Returns gradients (weights (N, J), target (J, 4, 4), xyz (N, 3), offsets (N, 3), trans (3,),
-// log_scales (N, 3), quats (N, 4)).
+// log_scales (N, 3), quats (N, 4)); the weights' is an empty tensor unless weight_grad (it is the
+// only part that needs every bone of every Gaussian, the rest only the bones it is bound to).
 std::vector<at::Tensor> skin_backward(const at::Tensor& weights, const at::Tensor& big, const at::Tensor& target,
                                       const at::Tensor& xyz, const at::Tensor& offsets, const at::Tensor& trans,
                                       const at::Tensor& log_scales, const at::Tensor& quats,
                                       const at::Tensor& grad_means, const at::Tensor& grad_covars,
-                                      const at::Tensor& grad_linear) {
+                                      const at::Tensor& grad_linear, bool weight_grad) {
   check(weights, big, target, xyz, offsets, trans, log_scales, quats);
   const int64_t n = xyz.size(0);
   const int J = int(weights.size(1));
   const auto bigd = rows3x4(big), tgtd = rows3x4(target);
   const auto opts = xyz.options();
-  at::Tensor g_w = at::zeros_like(weights), g_x = at::zeros_like(xyz), g_d = at::zeros_like(offsets);
+  at::Tensor g_w = weight_grad ? at::zeros_like(weights) : at::empty({0}, weights.options());
+  at::Tensor g_x = at::zeros_like(xyz), g_d = at::zeros_like(offsets);
   at::Tensor g_s = at::zeros_like(log_scales), g_q = at::zeros_like(quats);
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   std::vector<double> part_T(size_t(chunks) * 12 * J, 0.0), part_t(size_t(chunks) * 3, 0.0);
@@ -179,7 +182,7 @@ std::vector<at::Tensor> skin_backward(const at::Tensor& weights, const at::Tenso
     const scalar_t *w = weights.data_ptr<scalar_t>(), *x = xyz.data_ptr<scalar_t>(), *d = offsets.data_ptr<scalar_t>(),
                    *s = log_scales.data_ptr<scalar_t>(), *q = quats.data_ptr<scalar_t>();
     const scalar_t *gm = gm_c.data_ptr<scalar_t>(), *gcv = gc_c.data_ptr<scalar_t>(), *gl = gl_c.data_ptr<scalar_t>();
-    scalar_t *ow = g_w.data_ptr<scalar_t>(), *ox = g_x.data_ptr<scalar_t>(), *od = g_d.data_ptr<scalar_t>(),
+    scalar_t *ow = weight_grad ? g_w.data_ptr<scalar_t>() : nullptr, *ox = g_x.data_ptr<scalar_t>(), *od = g_d.data_ptr<scalar_t>(),
              *os = g_s.data_ptr<scalar_t>(), *oq = g_q.data_ptr<scalar_t>();
     at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
       for (int64_t chunk = cb; chunk < ce; ++chunk) {
@@ -227,17 +230,19 @@ std::vector<at::Tensor> skin_backward(const at::Tensor& weights, const at::Tenso
           for (int e = 0; e < 9; ++e) g_BR[e] = -g_BR[e];
           // blends: dw_j = <dB, B_j> + <dA, T_j> ; dT_j += w_j dA
           const scalar_t* wi = w + i * J;
-          scalar_t* gwi = ow + i * J;
           for (int j = 0; j < J; ++j) {
-            const double* Bj = bigd.data() + 12 * j;
-            const double* Tj = tgtd.data() + 12 * j;
-            double acc = 0.0;
-            for (int r = 0; r < 3; ++r) {
-              for (int c = 0; c < 3; ++c) acc += g_BR[3 * r + c] * Bj[4 * r + c] + g_AR[3 * r + c] * Tj[4 * r + c];
-              acc += -g_u[r] * Bj[4 * r + 3] + g_At[r] * Tj[4 * r + 3];
-            }
-            gwi[j] = scalar_t(acc);
             const double wj = wi[j];
+            if (weight_grad) {
+              const double* Bj = bigd.data() + 12 * j;
+              const double* Tj = tgtd.data() + 12 * j;
+              double acc = 0.0;
+              for (int r = 0; r < 3; ++r) {
+                for (int c = 0; c < 3; ++c) acc += g_BR[3 * r + c] * Bj[4 * r + c] + g_AR[3 * r + c] * Tj[4 * r + c];
+                acc += -g_u[r] * Bj[4 * r + 3] + g_At[r] * Tj[4 * r + 3];
+              }
+              ow[i * J + j] = scalar_t(acc);
+            }
+            if (wj == 0.0) continue;
             double* gT = pT + 12 * j;
             for (int r = 0; r < 3; ++r) {
               for (int c = 0; c < 3; ++c) gT[4 * r + c] += wj * g_AR[3 * r + c];
@@ -302,6 +307,7 @@ TORCH_LIBRARY_FRAGMENT(occfusion_cpu, m) {
       &occfusion::skin_forward);
   m.def(
       "skin_backward(Tensor weights, Tensor big, Tensor target, Tensor xyz, Tensor offsets, Tensor trans, "
-      "Tensor log_scales, Tensor quats, Tensor grad_means, Tensor grad_covars, Tensor grad_linear) -> Tensor[]",
+      "Tensor log_scales, Tensor quats, Tensor grad_means, Tensor grad_covars, Tensor grad_linear, "
+      "bool weight_grad) -> Tensor[]",
       &occfusion::skin_backward);
 }
