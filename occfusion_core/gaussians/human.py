@@ -286,6 +286,16 @@ class HumanGaussians(nn.Module):
         """Drop the cached decoder offsets (the Gaussians were replaced, e.g. by densification)."""
         self._lbs_offsets = None
 
+    @property
+    def cached_lbs_offsets(self) -> torch.Tensor | None:
+        """(N, J) the decoder's last offsets, reused while ``reuse_lbs_offsets`` (a resumable
+        checkpoint keeps them, so a resumed run continues exactly)."""
+        return self._lbs_offsets
+
+    @cached_lbs_offsets.setter
+    def cached_lbs_offsets(self, value: torch.Tensor | None) -> None:
+        self._lbs_offsets = None if value is None else value.to(self.xyz.device, self.xyz.dtype)
+
     def _pose_body(self, rot_mats: torch.Tensor, betas: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-vertex shape and pose-blend offsets and bone transforms of a shaped, posed body.

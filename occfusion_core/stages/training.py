@@ -120,6 +120,7 @@ def train_gaussians(model, optimizer, frames: list, loss_fn: Callable, schedule:
     ckpt = store.load(signature, map_location=str(device))
     if ckpt is not None:
         model.restore(ckpt["model"])  # in place: loss functions may hold the model
+        model.cached_lbs_offsets = ckpt.get("lbs_offsets")
         if body is not None:
             body.restore(ckpt["body"])
         optimizer = build_optimizer(model, schedule.lr, body)
@@ -137,6 +138,7 @@ def train_gaussians(model, optimizer, frames: list, loss_fn: Callable, schedule:
     def save_checkpoint(iteration: int) -> None:
         store.save({
             "signature": signature, "iteration": iteration, "model": model.capture(),
+            "lbs_offsets": model.cached_lbs_offsets,
             "body": body.capture() if body is not None else None,
             "optimizer": optimizer.state_dict(), "densify": densify.state_dict(),
             "numpy_rng": rng.bit_generator.state, "sampler_stack": list(sampler.stack),
