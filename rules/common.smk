@@ -186,24 +186,25 @@ DEVICE = config.get("device", "auto")
 def jobs_use_gpu():
     """Whether the GPU stages will run on a GPU. ``device: cuda`` or ``cpu`` says so; ``auto`` probes
     the host that runs the jobs: this one for a local run; under a cluster executor the jobs run
-    elsewhere, so GPUs are requested (set ``device: cpu`` for a CPU-only cluster)."""
+    elsewhere, so GPUs are requested (set ``device: cpu`` for a CPU-only cluster). Called when a
+    job is scheduled: only then does the workflow know its executor (at parse time it is local)."""
     if DEVICE != "auto":
         return DEVICE == "cuda"
     return host_has_nvidia_gpu() if workflow.local_exec else True
 
 
-USE_GPU = jobs_use_gpu()
-GPU = 1 if USE_GPU else 0
-"""The ``gpu`` resource of a GPU stage: 1 on GPU hosts (``--resources gpu=N`` caps them, SLURM gets
---gpus), 0 on CPU hosts, where the stages then run side by side up to --cores."""
+def gpu_resource(wildcards):
+    """The ``gpu`` resource of a GPU stage: 1 where it runs on a GPU (``--resources gpu=N`` caps
+    them, SLURM gets --gpus), 0 on CPU hosts, where the stages then run side by side up to --cores."""
+    return 1 if jobs_use_gpu() else 0
 
 
-def gpu_stage_threads():
+def gpu_stage_threads(wildcards):
     """CPU threads of a GPU stage: a few to feed a GPU; on a CPU one per job, so that the stages run
     side by side (they are many small tensor ops; measured: 66 ms/iteration on one thread, 150-670
     ms on two when another job shares the cores)."""
     # workflow.cores is None on a cluster (no --cores): jobs then get 8 (their --cpus-per-task)
-    return max(1, min(workflow.cores or 8, 8)) if USE_GPU else 1
+    return max(1, min(workflow.cores or 8, 8)) if jobs_use_gpu() else 1
 
 
 def device_config(stage, variant=None):

@@ -16,9 +16,9 @@ rule complete_masks:
         "results/benchmarks/complete_masks/{subject}.{variant}.tsv"
     conda:
         "../envs/segmentation.yaml"
-    threads: gpu_stage_threads()
+    threads: gpu_stage_threads
     resources:
-        gpu=GPU,
+        gpu=gpu_resource,
         mem_mb=12000,
         runtime=60,
     params:

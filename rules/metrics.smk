@@ -16,9 +16,9 @@ rule metrics:
         "results/benchmarks/metrics/{subject}.{variant}.tsv"
     conda:
         "../envs/core.yaml"
-    threads: gpu_stage_threads()
+    threads: gpu_stage_threads
     resources:
-        gpu=GPU,
+        gpu=gpu_resource,
         mem_mb=4000,
         runtime=30,
     params:

@@ -17,9 +17,9 @@ rule optimize:
         "results/benchmarks/optimize/{subject}.{variant}.tsv"
     conda:
         "../envs/diffusion.yaml"
-    threads: gpu_stage_threads()
+    threads: gpu_stage_threads
     resources:
-        gpu=GPU,
+        gpu=gpu_resource,
         mem_mb=8000,
         runtime=120,
     params:

@@ -17,9 +17,9 @@ rule incontext_inpaint:
         "results/benchmarks/incontext_inpaint/{subject}.{variant}.tsv"
     conda:
         "../envs/diffusion.yaml"
-    threads: gpu_stage_threads()
+    threads: gpu_stage_threads
     resources:
-        gpu=GPU,
+        gpu=gpu_resource,
         mem_mb=12000,
         runtime=60,
     params:
@@ -45,9 +45,9 @@ rule refine:
         "results/benchmarks/refine/{subject}.{variant}.tsv"
     conda:
         "../envs/diffusion.yaml"
-    threads: gpu_stage_threads()
+    threads: gpu_stage_threads
     resources:
-        gpu=GPU,
+        gpu=gpu_resource,
         mem_mb=8000,
         runtime=120,
     params:

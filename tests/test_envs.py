@@ -1,7 +1,7 @@
 """Software environments and rule declarations: what a user's cluster or container relies on.
 
 * every envs/*.yaml parses, uses conda-forge, and pins every package to one version;
-* every rule declares conda:, log:, benchmark: and resources (mem_mb, runtime); GPU stages gpu=GPU;
+* every rule declares conda:, log:, benchmark: and resources (mem_mb, runtime); GPU stages gpu=gpu_resource;
 * the env each rule runs in names every third-party package that the rule's script imports, directly
   or through the occfusion_core modules it imports (followed transitively, function-level imports
   included; imports guarded by ``try/except ImportError`` are optional and skipped);
@@ -142,7 +142,8 @@ def test_envs_agree_on_shared_pins():
         for name, version in {**spec.conda, **spec.pip}.items():
             if name in seen:
                 assert seen[name][1] == version, (
-                    f"{name}: {seen[name][0]} pins {seen[name][1]}, {path.name} pins {version}")
+                    f"{name}: {seen[name][0]} pins {seen[name][1]}, {path.name} pins {version}"
+                )
             else:
                 seen[name] = (path.name, version)
 
@@ -206,10 +207,21 @@ JOB_RULES = {name: rule for name, rule in RULES.items() if name != "all"}
 def test_rule_parser_sees_what_snakemake_sees(tmp_path):
     """The rule names parsed here are exactly the rules Snakemake lists."""
     out = subprocess.run(
-        [str(Path(sys.executable).with_name("snakemake")), "--list-rules", "--snakefile",
-         str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile",
-         str(ROOT / "tests" / "configs" / "tiny.yaml")],
-        capture_output=True, text=True, timeout=120, cwd=ROOT)
+        [
+            str(Path(sys.executable).with_name("snakemake")),
+            "--list-rules",
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(ROOT / "tests" / "configs" / "tiny.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     listed = {line.strip() for line in out.stdout.splitlines() if re.fullmatch(r"\s*\w+\s*", line)}
     assert listed == set(RULES), f"parsed {sorted(RULES)}, snakemake lists {sorted(listed)}"
@@ -233,7 +245,9 @@ def test_rule_declares_env_log_benchmark_resources(name):
     assert "mem_mb" in resources and "runtime" in resources, f"rule {name}: resources {resources}"
     if name in GPU_RULES:
         # GPU (rules/common.smk): 1 where the jobs will have a GPU, 0 on a CPU-only host
-        assert resources.get("gpu", "").strip() == "GPU", f"rule {name} runs on a GPU: resources gpu=GPU"
+        assert resources.get("gpu", "").strip() == "gpu_resource", (
+            f"rule {name} runs on a GPU: resources gpu=gpu_resource"
+        )
     else:
         assert "gpu" not in resources, f"rule {name} holds a GPU it does not use"
 
@@ -356,7 +370,8 @@ def test_rule_env_provides_every_import_of_its_script_chain(name):
     missing = missing_from_env(imports, env)
     assert not missing, (
         f"rule {name} runs in {env_path.name}, which lacks {sorted(missing)} "
-        f"(imported by {script.name} or one of {sorted(modules)})")
+        f"(imported by {script.name} or one of {sorted(modules)})"
+    )
 
 
 def test_import_scanner_follows_the_core_chain():
@@ -378,7 +393,8 @@ def test_import_scanner_skips_optional_imports(tmp_path):
         "try:\n    import lpips\nexcept ImportError:\n    lpips = None\n"
         "def f():\n    import cv2\n"
         "from typing import TYPE_CHECKING\n"
-        "if TYPE_CHECKING:\n    import gsplat\n")
+        "if TYPE_CHECKING:\n    import gsplat\n"
+    )
     imports, _ = script_imports(script)
     assert imports == {"numpy", "cv2"}
 

@@ -85,8 +85,12 @@ class SqueuePoller(threading.Thread):
             self._done.wait(self.interval)
 
     def poll(self):
-        out = subprocess.run(["squeue", "-h", "--states=all", "-O", "JobID:|,Comment:|,tres-per-job:|,State"],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["squeue", "-h", "--states=all", "-O", "JobID:|,Comment:|,tres-per-job:|,State"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         for line in out.stdout.splitlines():
             fields = [f.strip() for f in line.split("|")]
             if len(fields) >= 4 and fields[0].isdigit():
@@ -101,8 +105,7 @@ class SqueuePoller(threading.Thread):
 
 def _start(cmd):
     """Start a command in its own process group (so a timeout can end all of it)."""
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def _wait(proc, timeout):
@@ -125,15 +128,33 @@ def runs(cluster, tmp_path_factory):
     poller = SqueuePoller()
     try:
         # targets first: --resources and --configfile take several values
-        local = _start([SNAKEMAKE, *TARGETS, *common, "--directory", str(local_dir),
-                        "--resources", "gpu=1"])
+        local = _start([SNAKEMAKE, *TARGETS, *common, "--directory", str(local_dir), "--resources", "gpu=1"])
         poller.start()
         start = time.time()
-        slurm = _start(["timeout", "-s", "KILL", str(SLURM_TIMEOUT), SNAKEMAKE, *TARGETS,
-                        "--profile", str(ROOT / "profiles" / "slurm"), *common,
-                        "--directory", str(slurm_dir),
-                        # a quicker first poll and file wait than a production cluster needs
-                        "--slurm-init-seconds-before-status-checks", "2", "--latency-wait", "5"])
+        slurm = _start(
+            [
+                "timeout",
+                "-s",
+                "KILL",
+                str(SLURM_TIMEOUT),
+                SNAKEMAKE,
+                *TARGETS,
+                "--profile",
+                str(ROOT / "profiles" / "slurm"),
+                *common,
+                "--directory",
+                str(slurm_dir),
+                # the test cluster's GPUs are fake (/dev/null): the profile's device=cuda would
+                # fail in torch; 'auto' still asks SLURM for a GPU, then runs on the node's CPU
+                "--config",
+                "device=auto",
+                # a quicker first poll and file wait than a production cluster needs
+                "--slurm-init-seconds-before-status-checks",
+                "2",
+                "--latency-wait",
+                "5",
+            ]
+        )
         slurm_out = _wait(slurm, SLURM_TIMEOUT + 60)
         seconds = time.time() - start
         local_out = _wait(local, SLURM_TIMEOUT)
@@ -144,8 +165,11 @@ def runs(cluster, tmp_path_factory):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         poller.stop()
-        leftover = [j for j in _job_ids(slurm_dir)
-                    if poller.jobs.get(j, {}).get("state") in ("PENDING", "RUNNING", "CONFIGURING")]
+        leftover = [
+            j
+            for j in _job_ids(slurm_dir)
+            if poller.jobs.get(j, {}).get("state") in ("PENDING", "RUNNING", "CONFIGURING")
+        ]
         if leftover:
             subprocess.run(["scancel", *leftover], timeout=30)
 
@@ -167,8 +191,7 @@ def _job_ids(workdir: Path) -> dict[str, str]:
 
 def test_every_rule_ran_as_a_slurm_job(runs):
     rules = set(runs["ids"].values())
-    assert {"build_body_model", "prepare_subject", "validate_subject", "optimize", "render",
-            "metrics"} <= rules, rules
+    assert {"build_body_model", "prepare_subject", "validate_subject", "optimize", "render", "metrics"} <= rules, rules
     for jobid, rule in runs["ids"].items():
         record = runs["jobs"].get(jobid)
         assert record, f"job {jobid} ({rule}) never showed in squeue"
