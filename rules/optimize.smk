@@ -15,6 +15,7 @@ rule optimize:
         "results/logs/optimize/{subject}.{variant}.log",
     benchmark:
         "results/benchmarks/optimize/{subject}.{variant}.tsv"
+    priority: training_stages_after("optimize")
     conda:
         "../envs/diffusion.yaml"
     threads: gpu_stage_threads

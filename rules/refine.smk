@@ -7,14 +7,22 @@ rule incontext_inpaint:
         renders="results/{subject}/{variant}/stage1/renders",
         stage1="results/{subject}/{variant}/stage1/model.pt",
         body=body_model_file(),
-        code=core_code("stages/incontext", "priors"),
+        code=core_code("stages/incontext", "priors", "figures"),
     output:
         frames=directory("results/{subject}/{variant}/stage2/inpainted"),
         report="results/{subject}/{variant}/stage2/report.json",
+        panel=report(
+            "results/{subject}/{variant}/stage2/panel.png",
+            caption="../report/stage2_panel.rst",
+            category="{subject}",
+            subcategory="{variant}",
+            labels={"figure": "stage 2 panel: inpainted frames"},
+        ),
     log:
         "results/logs/incontext_inpaint/{subject}.{variant}.log",
     benchmark:
         "results/benchmarks/incontext_inpaint/{subject}.{variant}.tsv"
+    priority: training_stages_after("incontext_inpaint")
     conda:
         "../envs/diffusion.yaml"
     threads: gpu_stage_threads
@@ -43,6 +51,7 @@ rule refine:
         "results/logs/refine/{subject}.{variant}.log",
     benchmark:
         "results/benchmarks/refine/{subject}.{variant}.tsv"
+    priority: training_stages_after("refine")
     conda:
         "../envs/diffusion.yaml"
     threads: gpu_stage_threads

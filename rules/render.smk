@@ -6,9 +6,16 @@ rule render:
         data="results/{subject}/data",
         model=final_model,
         body=body_model_file(),
-        code=core_code("stages/render", "gaussians", "render"),
+        code=core_code("stages/render", "stages/trained_model", "gaussians", "render", "figures"),
     output:
-        renders=directory("results/{subject}/{variant}/renders"),
+        renders=report(
+            directory("results/{subject}/{variant}/renders"),
+            patterns=["{file}.mp4", "{file}.html"],
+            caption="../report/renders.rst",
+            category="{subject}",
+            subcategory="{variant}",
+            labels=render_labels,
+        ),
     log:
         "results/logs/render/{subject}.{variant}.log",
     benchmark:

@@ -109,3 +109,14 @@ def test_from_dict_nests_by_type_hints():
     assert out.inner == _Inner(2) and out.maybe == _Inner(3) and out.plain == {"k": 1}
     with pytest.raises(ConfigError, match=r"config\.maybe: unknown key\(s\) 'b'"):
         from_dict(_Outer, {"maybe": {"b": 1}})
+
+
+def test_a_nested_override_keeps_the_fields_own_defaults():
+    """refine.densify defaults to enabled (stage 3 densifies); overriding one key keeps it so."""
+    from occfusion_core.config import RefineConfig, from_dict
+
+    default = RefineConfig().densify
+    assert default.enabled
+    cfg = from_dict(RefineConfig, {"densify": {"interval": 100}}, "refine")
+    assert cfg.densify.enabled and cfg.densify.interval == 100
+    assert cfg.densify.stop_iter == default.stop_iter and cfg.densify.max_gaussians == default.max_gaussians

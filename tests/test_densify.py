@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from occfusion_core.config import DensifyConfig, OptimizeConfig
-from occfusion_core.gaussians.densify import DensifyState, _merge_pairs, densify_and_prune, gaussian_kl, is_densify_step
+from occfusion_core.gaussians.densify import (
+    DensifyState,
+    _merge_pairs,
+    _within_budget,
+    densify_and_prune,
+    gaussian_kl,
+    is_densify_step,
+)
 from occfusion_core.gaussians.human import HumanGaussians
 from occfusion_core.render.projection import quat_to_rotmat
 
@@ -169,3 +176,35 @@ def test_state_must_match_the_model(make_model):
     other_optimizer = make_model(pose_refiner=False, lbs_offsets=False).make_optimizer(OptimizeConfig())
     with pytest.raises(ValueError, match="does not hold exactly"):
         densify_and_prune(model, other_optimizer, DensifyState(model.num_gaussians), DensifyConfig())
+
+
+
+def test_budget_caps_the_count(make_model):
+    model = make_model(pose_refiner=False, lbs_offsets=False)
+    n = model.num_gaussians
+    grads = torch.full((n,), HIGH_GRAD)
+    everything = DensifyConfig(kl_threshold=0.0, merge_kl_threshold=0.0)
+    uncapped = densify_and_prune(make_model(pose_refiner=False, lbs_offsets=False), None, _state_with(grads),
+                                 everything)
+    assert uncapped["after"] > n + 20
+    capped = DensifyConfig(kl_threshold=0.0, merge_kl_threshold=0.0, max_gaussians=n + 20)
+    counts = densify_and_prune(model, None, _state_with(grads), capped)
+    assert counts["cloned"] + counts["split"] > 0 and counts["after"] <= n + 20
+
+
+def test_budget_keeps_the_largest_gradients():
+    grads = torch.tensor([5.0, 1.0, 4.0, 2.0, 3.0, 6.0])
+    clone = torch.tensor([True, True, False, False, True, False])
+    split = torch.tensor([False, False, True, True, False, False])  # a split adds 1 (2 children - 1)
+    kept_clone, kept_split = _within_budget(clone, split, grads, budget=3)
+    assert kept_clone.tolist() == [True, False, False, False, True, False]  # 5 and 3
+    assert kept_split.tolist() == [False, False, True, False, False, False]  # 4
+    assert _within_budget(clone, split, grads, budget=-5)[0].sum() == 0
+    assert _within_budget(clone, split, grads, budget=10) == (clone, split)
+
+
+def _state_with(grads: torch.Tensor) -> DensifyState:
+    state = DensifyState(grads.shape[0])
+    state.grad_accum += grads
+    state.denom += 1.0
+    return state

@@ -31,8 +31,9 @@ CORE_PACKAGE = "occfusion_core"
 
 # Stages that run on a GPU (resources: gpu=1) and the rules that must not hold one. Stages 0, 2, 3
 # are listed ahead of their rules; a rule that is in neither set fails test_every_rule_is_classified.
-GPU_RULES = {"complete_masks", "optimize", "incontext_inpaint", "refine", "render", "metrics"}
-CPU_RULES = {"build_body_model", "prepare_subject", "validate_subject", "unoccluded_data", "overlay", "summary"}
+GPU_RULES = {"complete_masks", "optimize", "incontext_inpaint", "refine", "render", "metrics", "animate"}
+CPU_RULES = {"build_body_model", "prepare_subject", "validate_subject", "unoccluded_data", "overlay", "summary",
+             "export", "builtin_motion"}
 
 # Import name -> distribution, for packages that are not installed here (the venv answers the rest
 # through importlib.metadata.packages_distributions()).

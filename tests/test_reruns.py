@@ -67,28 +67,30 @@ def jobs_of(**per_variant) -> set[tuple[str, str | None]]:
     return out
 
 
+# the jobs that read a variant's final model
+FINAL_MODEL_USERS = ["render", "metrics", "export", "animate"]
 # (stage whose settings change, config edit, jobs that must rerun: exactly these)
 LATE_STAGE_CASES = [
     ("render", {"render": {"orbit_frames": 5}}, jobs_of(both=["render"])),
     ("metrics", {"metrics": {"crop_to_body_box": False}}, jobs_of(both=["metrics"], all_=["summary"])),
     ("refine", {"refine": {"lambda_l1": 0.9}},
-     jobs_of(occfusion=["refine", "render", "metrics"], all_=["summary"])),
+     jobs_of(occfusion=["refine", *FINAL_MODEL_USERS], all_=["summary"])),
     ("incontext_inpaint", {"incontext_inpaint": {"alpha_threshold": 0.4}},
-     jobs_of(occfusion=["incontext_inpaint", "refine", "render", "metrics"], all_=["summary"])),
+     jobs_of(occfusion=["incontext_inpaint", "refine", *FINAL_MODEL_USERS], all_=["summary"])),
     ("optimize", {"optimize": {"lambda_l1": 0.9}},
-     jobs_of(both=["optimize", "render", "metrics"], occfusion=["incontext_inpaint", "refine"],
+     jobs_of(both=["optimize", *FINAL_MODEL_USERS], occfusion=["incontext_inpaint", "refine"],
              all_=["summary"])),
     ("complete_masks", {"complete_masks": {"silhouette_band": 0.3}},
-     jobs_of(occfusion=["complete_masks", "optimize", "incontext_inpaint", "refine", "render",
-                        "metrics"], all_=["summary"])),
+     jobs_of(occfusion=["complete_masks", "optimize", "incontext_inpaint", "refine", *FINAL_MODEL_USERS],
+             all_=["summary"])),
 ]
 # (core source file edited, jobs that must rerun: exactly these)
 CODE_CASES = [
-    ("gaussians/human.py", jobs_of(both=["optimize", "render", "metrics"],
+    ("gaussians/human.py", jobs_of(both=["optimize", *FINAL_MODEL_USERS],
                                    occfusion=["incontext_inpaint", "refine"], all_=["summary"])),
-    ("stages/render.py", jobs_of(both=["render"])),
+    ("stages/render.py", jobs_of(both=["render", "animate"])),  # animate renders with its renderer
     ("data/sequence.py", jobs_of(all_=["prepare_subject", "validate_subject", "overlay", "summary"],
-                                 both=["optimize", "render", "metrics"],
+                                 both=["optimize", *FINAL_MODEL_USERS],
                                  occfusion=["complete_masks", "incontext_inpaint", "refine"])),
 ]
 WORKFLOW_PARTS = ["Snakefile", "config.yaml", "rules", "schemas", "envs", "workflow_scripts",
@@ -335,6 +337,6 @@ def test_added_subject_runs_only_its_own_jobs(completed_run, tmp_path):
     per_subject = [(rule, wc) for rule, wc in jobs if "subject" in wc]
     assert {wc["subject"] for _, wc in per_subject} == {"second"}, jobs
     assert rules_of(per_subject) == {"prepare_subject", "validate_subject", "overlay", "complete_masks",
-                                     "optimize", "incontext_inpaint", "refine", "render", "metrics"}
+                                     "optimize", "incontext_inpaint", "refine", *FINAL_MODEL_USERS}
     # besides the new subject's jobs, only the table over all subjects is redone
     assert rules_of(jobs) - rules_of(per_subject) == {"summary"}

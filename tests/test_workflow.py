@@ -49,7 +49,7 @@ REFERENCE_VARIANTS = {
 }
 EXPECTED_PAIRS = {("tiny", "occgauhuman"), ("tiny", "gauhuman"), ("tiny", "ceiling"), ("tiny", "control"),
                   ("crate", "occgauhuman")}
-GPU_RULES = {"complete_masks", "optimize", "incontext_inpaint", "refine", "render", "metrics"}
+GPU_RULES = {"complete_masks", "optimize", "incontext_inpaint", "refine", "render", "metrics", "animate"}
 
 
 def run(cmd: list[str], timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:

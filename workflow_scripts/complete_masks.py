@@ -10,4 +10,5 @@ from occfusion_core.stages.masks import complete_masks  # noqa: E402
 sm = snakemake  # noqa: F821
 with run_logged(sm.log[0], threads=sm.threads):
     cfg = from_dict(MaskCompletionConfig, sm.params.cfg, f"variants.{sm.wildcards.variant}.complete_masks")
-    complete_masks(sm.input.data, sm.input.body, cfg, sm.output.masks, sm.output.report)
+    complete_masks(sm.input.data, sm.input.body, cfg, sm.output.masks, sm.output.report,
+                   panel_path=sm.output.panel)

@@ -11,4 +11,4 @@ sm = snakemake  # noqa: F821
 with run_logged(sm.log[0], threads=sm.threads):
     cfg = from_dict(InpaintConfig, sm.params.cfg, f"variants.{sm.wildcards.variant}.incontext_inpaint")
     incontext_inpaint(sm.input.data, sm.input.renders, sm.input.body, cfg, sm.output.frames, sm.output.report,
-                      stage1_model=sm.input.stage1)
+                      stage1_model=sm.input.stage1, panel_path=sm.output.panel)

@@ -5,6 +5,8 @@ faces +z at rest, the subject's left is +x).
   the vertical axis, so every side of the body faces a static camera in some frames.
 - :func:`novel_pose_motion`: motions the training never shows ('dance', 'kick', 'walk'), for the
   novel-pose renders.
+- :func:`walk_wave`: a few steps of walking while the right arm waves; the project's shipped motion
+  file (``results/motions/walk_wave.npz``, see :mod:`occfusion_core.data.motion_files`).
 - :func:`ground_trans`: translations that put the lowest point of the posed body on the floor.
 
 Joint rotations are local (relative to the parent, in the rest-pose axes), as SMPL composes them.
@@ -21,6 +23,7 @@ from scipy.spatial.transform import Rotation
 NUM_JOINTS = 24
 PELVIS, L_HIP, R_HIP, SPINE1, L_KNEE, R_KNEE, SPINE2, L_ANKLE, R_ANKLE, SPINE3 = range(10)
 NECK, L_COLLAR, R_COLLAR, HEAD, L_SHOULDER, R_SHOULDER, L_ELBOW, R_ELBOW = 12, 13, 14, 15, 16, 17, 18, 19
+L_WRIST, R_WRIST = 20, 21
 
 ARMS_DOWN_DEG = 72.0
 """Rotation of the shoulders about z that brings the T-pose arms down beside the body."""
@@ -157,6 +160,62 @@ def novel_pose_motion(name: str, frames: int) -> np.ndarray:
     return b.poses()
 
 
+WALK_WAVE_FPS = 30.0
+"""Frame rate of :func:`walk_wave` (AMASS clips are mostly 60-120 fps; 30 keeps the file small)."""
+
+
+def walk_wave(frames: int = 72, fps: float = WALK_WAVE_FPS) -> tuple[np.ndarray, np.ndarray]:
+    """Walking forward a few steps while the right arm waves (2.4 s at the defaults: four steps).
+
+    The body heads 55 degrees from +z towards +x (so a camera on +z sees it cross the frame and the
+    waving arm, which is on the +z side, nearly face on) at 0.6 m/s, one gait cycle (two steps) per
+    1.2 s. The legs (with shorter steps: +-18 degrees at the hips, so that the stance foot slides
+    little at this speed), the left arm and the torso move as in :func:`walk_turn`; the right arm rises in
+    the first 0.4 s from its swing beside the body to the upper arm 35 degrees above horizontal with
+    the forearm up, then the forearm waves +-25 degrees side to side twice a second.
+
+    Args:
+        frames: number of frames T.
+        fps: frames per second (sets the timing; the motion lasts T / fps seconds).
+
+    Returns:
+        poses: (T, 72) float64 axis-angle, SMPL joint order.
+        trans: (T, 3) float64: the walk along the heading in x/z, y zero (see :func:`ground_trans`).
+    """
+    if frames < 1 or fps <= 0:
+        raise ValueError(f"walk_wave: frames must be >= 1 and fps > 0, got {frames}, {fps}")
+    heading_deg, speed, gait_period_s = 55.0, 0.6, 1.2
+    t = np.arange(frames, dtype=np.float64) / fps
+    phi = 2.0 * math.pi * t / gait_period_s
+    sin, cos = np.sin(phi), np.cos(phi)
+    ramp = np.clip(t / 0.4, 0.0, 1.0)
+    raised = ramp * ramp * (3.0 - 2.0 * ramp)  # smoothstep: the arm starts and stops rising gently
+
+    b = _PoseBuilder(frames)
+    b.set(PELVIS, _rot("y", np.full(frames, heading_deg)) * _rot("y", 4.0 * cos) * _rot("z", 3.0 * sin))
+    for joint, lean in ((SPINE1, 3.0), (SPINE2, 0.0), (SPINE3, 0.0)):
+        b.set(joint, _rot("y", -2.0 * cos) * _rot("z", -1.0 * sin) * _rot("x", np.full(frames, lean)))
+    b.set(HEAD, _rot("x", 3.0 * np.sin(2.0 * phi)))
+    for hip, knee, ankle, side in ((L_HIP, L_KNEE, L_ANKLE, 1.0), (R_HIP, R_KNEE, R_ANKLE, -1.0)):
+        forward = 18.0 * side * sin
+        bend = 5.0 + 35.0 * np.clip(side * cos, 0.0, None) ** 1.5
+        b.set(hip, _rot("x", -forward))
+        b.set(knee, _rot("x", bend))
+        b.set(ankle, _rot("x", 0.5 * (forward - bend)))
+    swing = 20.0 * sin  # the left arm swings opposite to the left leg, as in walk_turn
+    b.set(L_SHOULDER, _rot("x", swing) * _rot("z", np.full(frames, -ARMS_DOWN_DEG)))
+    b.set(L_ELBOW, _rot("y", -(15.0 + 20.0 * np.clip(-swing / 20.0, 0.0, None))))
+    # Right arm (T-pose along -x): about z, +72 deg brings it down, -35 raises it above the shoulder;
+    # the elbow's -z rotation lifts the forearm, and its oscillation is the wave.
+    wave = -70.0 + 25.0 * np.sin(2.0 * math.pi * 2.0 * t)
+    b.set(R_SHOULDER, _rot("x", -swing * (1.0 - raised)) * _rot("z", ARMS_DOWN_DEG * (1.0 - raised) - 35.0 * raised))
+    b.set(R_ELBOW, _rot("z", wave * raised) * _rot("y", 15.0 * (1.0 - raised)))
+    heading = math.radians(heading_deg)
+    distance = speed * t
+    trans = np.stack([distance * math.sin(heading), np.zeros(frames), distance * math.cos(heading)], axis=1)
+    return b.poses(), trans
+
+
 def ground_trans(body_model, poses: np.ndarray, trans: np.ndarray, floor_y: float,
                  betas: np.ndarray | None = None) -> np.ndarray:
     """Shift each frame vertically so that the lowest vertex of the posed body sits on ``floor_y``.
@@ -178,3 +237,26 @@ def ground_trans(body_model, poses: np.ndarray, trans: np.ndarray, floor_y: floa
     out = np.array(trans, dtype=np.float64, copy=True)
     out[:, 1] += floor_y - lowest
     return out
+
+
+BUILTIN_MOTIONS = {"walk_wave": (walk_wave, WALK_WAVE_FPS)}
+"""Name -> (function returning (poses, trans), frame rate): the motions the workflow writes itself
+(``results/motions/{name}.npz``, rule ``builtin_motion``), which a config's ``animate.motions`` may
+name. The schema's enum of names lists the same."""
+
+
+def builtin_motion_clip(name: str, body_model):
+    """A built-in motion as a :class:`~occfusion_core.data.motion_files.MotionClip` with the feet on
+    the floor y = 0 (AMASS's z = 0 once written z-up), grounded on ``body_model`` at the mean shape.
+
+    Returns:
+        MotionClip with poses (T, 72) and trans (T, 3) float32.
+    """
+    from .motion_files import MotionClip
+
+    if name not in BUILTIN_MOTIONS:
+        raise ValueError(f"unknown built-in motion {name!r}; known: {', '.join(BUILTIN_MOTIONS)}")
+    make, fps = BUILTIN_MOTIONS[name]
+    poses, trans = make()
+    trans = ground_trans(body_model, poses, trans, floor_y=0.0)
+    return MotionClip(name=name, poses=poses.astype(np.float32), trans=trans.astype(np.float32), fps=fps)

@@ -200,6 +200,24 @@ class DensifyState:
         self.denom = state["denom"].to(self.denom.device).clone()
 
 
+def _within_budget(clone: torch.Tensor, split: torch.Tensor, grads: torch.Tensor,
+                   budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the clone / split candidates with the largest gradients whose growth fits ``budget``
+    more Gaussians (a clone adds one, a split ``SPLIT_CHILDREN - 1``); merges and prunes, which
+    only remove, are not counted, so the cap holds whatever they do.
+
+    Args:
+        clone, split: (N,) bool candidates. grads: (N,) mean screen-space gradient norms.
+    """
+    growth = clone.to(torch.int64) + split.to(torch.int64) * (SPLIT_CHILDREN - 1)
+    if int(growth.sum()) <= budget:
+        return clone, split
+    order = torch.argsort(torch.where(growth > 0, grads, torch.full_like(grads, -1.0)), descending=True)
+    fits = torch.zeros_like(clone)
+    fits[order] = torch.cumsum(growth[order], dim=0) <= max(budget, 0)
+    return clone & fits, split & fits
+
+
 @torch.no_grad()
 def densify_and_prune(model: HumanGaussians, optimizer: torch.optim.Optimizer | None, state: DensifyState,
                       cfg: DensifyConfig, extent: float = 1.0,
@@ -232,6 +250,8 @@ def densify_and_prune(model: HumanGaussians, optimizer: torch.optim.Optimizer | 
 
     clone = high_grad & small & (kl > cfg.kl_threshold)
     split = high_grad & ~small & (kl > cfg.kl_threshold)
+    if cfg.max_gaussians is not None:
+        clone, split = _within_budget(clone, split, grads, cfg.max_gaussians - n)
     pairs = _merge_pairs(high_grad & small & (kl < cfg.merge_kl_threshold), neighbour, clone | split)
     rot = quat_to_rotmat(params["rotation"])
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..config import to_dict
+from ..figures import pick_frames, write_image_grid
 from ..imaging import resize
 from ..io import InputError, atomic_dir, load_torch, read_image, write_image, write_json
 from ..priors.configs import InpaintConfig
@@ -82,7 +83,7 @@ def _diffusion_panel(pipe, render: np.ndarray, observed: np.ndarray, hidden: np.
 
 
 def incontext_inpaint(data_dir, stage1_renders_dir, body_model_path, cfg: InpaintConfig, out_dir,
-                      report_path, stage1_model=None) -> dict:
+                      report_path, stage1_model=None, panel_path=None) -> dict:
     """Run stage 2 on a sequence.
 
     Args:
@@ -94,6 +95,9 @@ def incontext_inpaint(data_dir, stage1_renders_dir, body_model_path, cfg: Inpain
         report_path: the report JSON.
         stage1_model: stage 1's ``model.pt``; its per-frame refined body parameters (when it has
             them) place the OpenPose canvases. None: the input estimates.
+        panel_path: where to write a PNG grid for the report, a few frames with hidden pixels, one
+            per row: occluded input | filled frame | unoccluded frame (where the sequence has it);
+            None writes none.
 
     Returns:
         the report dict.
@@ -173,6 +177,10 @@ def incontext_inpaint(data_dir, stage1_renders_dir, body_model_path, cfg: Inpain
             row["seconds"] = round(time.perf_counter() - t0, 4)
             frames.append(row)
             log.info("stage 2 frame %s: %s", name, row)
+        if panel_path is not None and frames:
+            picked = [frames[i]["name"] for i in pick_frames([f["hidden_pixels"] for f in frames])]
+            write_image_grid(panel_path, [[seq.image(n), read_image(partial / f"{n}.png")]
+                                          + ([seq.gt_image(n)] if has_gt else []) for n in picked])
 
     report = {**_describe(cfg, model_source), "config": to_dict(cfg), "device": str(device), "frames": frames,
               "frames_with_hidden_pixels": sum(f["status"] != NOTHING_HIDDEN for f in frames),

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from ..config import to_dict
-from ..io import atomic_dir, write_image, write_json, write_mask
+from ..figures import pick_frames, write_image_grid
+from ..io import atomic_dir, read_mask, write_image, write_json, write_mask
 from ..priors.configs import MaskCompletionConfig
 from .device import pick_device
 
@@ -86,7 +87,7 @@ def align_body(seq, body, params: dict, cfg: MaskCompletionConfig) -> tuple[dict
 
 
 def complete_masks(data_dir, body_model_path, cfg: MaskCompletionConfig, out_dir, report_path,
-                   generations_dir=None) -> dict:
+                   generations_dir=None, panel_path=None) -> dict:
     """Run stage 0 on a sequence.
 
     Args:
@@ -97,6 +98,9 @@ def complete_masks(data_dir, body_model_path, cfg: MaskCompletionConfig, out_dir
         report_path: the report JSON.
         generations_dir: method 'diffusion' only: where to also write the generated images
             (``<name>.png``, white outside the box); None writes none.
+        panel_path: where to write a PNG grid for the report, a few frames where the mask grew, one
+            per row: input | visible mask | completed mask | true full mask (where the sequence has
+            it); None writes none.
 
     Returns:
         the report dict.
@@ -188,6 +192,10 @@ def complete_masks(data_dir, body_model_path, cfg: MaskCompletionConfig, out_dir
                 row["iou_body"] = round(mask_iou(body_silhouette, gt), 5)
             frames.append(row)
             log.info("stage 0 frame %s: %s", name, row)
+        if panel_path is not None and frames:
+            picked = [frames[i]["name"] for i in pick_frames([f["mask_pixels"] - f["visible_pixels"] for f in frames])]
+            write_image_grid(panel_path, [[seq.image(n), seq.mask(n), read_mask(partial / f"{n}.png")]
+                                          + ([seq.gt_full_mask(n)] if has_gt else []) for n in picked])
 
     report = {**_describe(cfg, model_source), "config": to_dict(cfg), "device": str(device),
               "body": alignment or {"aligned": False, "note": "the input body estimates, as given"},

@@ -10,11 +10,19 @@ import numpy as np
 import torch
 
 from ..config import RenderConfig
+from ..figures import write_video_page
 from ..io import atomic_dir, write_image, write_json, write_video
 from .device import pick_device
 from .trained_model import load_trained_model, training_body_params
 
 log = logging.getLogger(__name__)
+
+VIDEO_CAPTIONS = {
+    "train": "training frames: input (non-person pixels set to the background) | render",
+    "heldout": "held-out cameras: ground truth above, render below, one column per camera",
+    "orbit": "360-degree orbit around the body of one training frame",
+    "novel_pose": "novel poses: a motion the subject never performed, from the first training camera",
+}
 
 
 class AvatarRenderer:
@@ -51,7 +59,8 @@ def _composite(image_u8: np.ndarray, mask: np.ndarray, background) -> np.ndarray
 
 
 def render_all(data_dir, model_path, body_model_path, cfg: RenderConfig, out_dir) -> dict:
-    """Write ``out_dir/{train,heldout,orbit,novel_pose}/`` PNGs, one mp4 per set and ``summary.json``."""
+    """Write ``out_dir/{train,heldout,orbit,novel_pose}/`` PNGs, one mp4 per set, ``videos.html`` (a page
+    playing them) and ``summary.json``."""
     from ..body.model import load_body_model
     from ..data.motion import novel_pose_motion
     from ..data.sequence import read_sequence
@@ -147,6 +156,9 @@ def render_all(data_dir, model_path, body_model_path, cfg: RenderConfig, out_dir
                    "backend": renderer.backend, "device": str(device), "model": str(model_path),
                    "body_params": body_source}
         write_json(tmp / "summary.json", summary)
+        # the page that plays the videos in the report (report/renders.rst) and from this folder
+        write_video_page(tmp / "videos.html", {f"{kind}.mp4": VIDEO_CAPTIONS[kind] for kind in counts},
+                         f"Renders of {model_path}")
 
     log.info("render: %s", summary)
     return summary
