@@ -1,15 +1,21 @@
 # syntax=docker/dockerfile:1
-# The OccFusion workflow as a GPU batch job: snakemake is the entry point, results/ and the model
-# cache are volumes. Build and run (docs/running.md has the details):
-#   docker build -t occfusion .
+# The OccFusion workflow as a batch job: snakemake is the entry point, results/ and the model cache
+# are volumes. Two targets (docs/running.md has the details):
+#   docker build -t occfusion .                       # default: CUDA 13.0, the compiled CUDA rasterizers
+#   docker build -t occfusion:cpu --target cpu .      # CPU only, on Debian bookworm
 #   docker run --gpus all -v "$PWD/results:/work/results" -v "$HOME/.cache/occfusion:/cache" occfusion
 #   docker run --gpus all -v "$PWD/results:/work/results" -v "$PWD/my.yaml:/config/my.yaml:ro" \
 #       occfusion --configfile /config/my.yaml
 #
-# Two stages: `build` (CUDA devel image, nvcc) compiles the CUDA rasterizers into wheels; the final
-# image (CUDA runtime) installs them with no compiler toolchain for CUDA. PyPI's Linux wheel of
-# torch 2.13.0 is built for CUDA 13.0 (it pulls its CUDA libraries as pip packages), so both stages
-# use CUDA 13.0: an extension must be compiled by the CUDA major version torch was built with.
+# Stages: `build` (CUDA devel image, nvcc) compiles the CUDA rasterizers into wheels; `cpu` (Debian)
+# and the final CUDA image (CUDA runtime) install the workflow with the same script,
+# docker/install.sh, so they differ only in their base and the CUDA extras. PyPI's Linux wheel of
+# torch 2.13.0 is built for CUDA 13.0 (it pulls its CUDA libraries as pip packages), so the CUDA
+# stages use CUDA 13.0: an extension must be compiled by the CUDA major version torch was built with.
+
+# The CPU target's base: Debian bookworm (a local import of a debootstrapped rootfs works too:
+# --build-arg CPU_BASE=localhost/debian:bookworm, as .ci/container/build-and-run.sh does)
+ARG CPU_BASE=debian:bookworm
 
 # ---------------------------------------------------------------------------------------------------
 FROM nvidia/cuda:13.0.1-devel-ubuntu22.04 AS build
@@ -49,9 +55,18 @@ RUN git clone --recursive "${DGR_REPO}" dgr \
 RUN pip wheel --no-deps --no-build-isolation --no-binary=gsplat --wheel-dir /wheels "gsplat==${GSPLAT_VERSION}"
 
 # ---------------------------------------------------------------------------------------------------
-FROM nvidia/cuda:13.0.1-runtime-ubuntu22.04
+# CPU target: docker build --target cpu. PyPI's torch 2.13.0 for Linux is the CUDA build (it runs on
+# CPU, with several GB of CUDA libraries); PyPI has no CPU-only variant of it. To install the CPU-only
+# wheel instead, point pip at it: --build-arg PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu,
+# or a folder holding torch-2.13.0+cpu-*.whl mounted at build time with
+# --build-arg PIP_FIND_LINKS=/wheels (podman/buildah: -v /path/to/wheels:/wheels:ro).
+# PIP_CERT: a CA bundle for pip behind a TLS-intercepting proxy (mounted the same way).
+# Unset build args stay out of the environment.
+FROM ${CPU_BASE} AS cpu
 
-ARG DEBIAN_FRONTEND=noninteractive
+ARG DEBIAN_FRONTEND=noninteractive PIP_FIND_LINKS PIP_EXTRA_INDEX_URL PIP_CERT
+# for a uid the image does not know (--user), HOME is / and getpwuid fails: caches go to /tmp, and
+# LOGNAME answers getpass.getuser() (snakemake asks)
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1 \
@@ -59,34 +74,56 @@ ENV PIP_NO_CACHE_DIR=1 \
     HF_HOME=/cache/huggingface \
     TORCH_HOME=/cache/torch \
     OCCFUSION_EXT_DIR=/opt/occfusion/torch_extensions \
-    MPLCONFIGDIR=/tmp/matplotlib
+    MPLCONFIGDIR=/tmp/matplotlib \
+    XDG_CACHE_HOME=/tmp/cache \
+    LOGNAME=occfusion
 
-# g++: the compiled CPU rasterizer (a fallback backend, built below); no CUDA compiler is needed here
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.11 python3.11-venv g++ \
-    && rm -rf /var/lib/apt/lists/*
-RUN groupadd --gid 1000 occfusion \
-    && useradd --uid 1000 --gid 1000 --create-home --shell /bin/bash occfusion \
-    && python3.11 -m venv /opt/venv \
-    && mkdir -p /work/results /cache/huggingface /cache/torch /opt/occfusion/torch_extensions \
-    && chown -R occfusion:occfusion /work /cache /opt/occfusion
-
+COPY docker/install.sh /usr/local/bin/occfusion-install
+RUN occfusion-install system
 WORKDIR /work
-# dependencies first (a layer that survives edits to the workflow), then the project
-COPY pyproject.toml README.md ./
-COPY occfusion_core ./occfusion_core
+# dependencies first (a layer that survives edits to the code), then the project
+COPY pyproject.toml ./
+RUN occfusion-install deps
+COPY --chown=occfusion:occfusion . .
+# the project, then the CPU rasterizer compiled once into OCCFUSION_EXT_DIR
+RUN occfusion-install project
+USER 1000:1000
+
+VOLUME ["/work/results", "/cache"]
+ENTRYPOINT ["snakemake", "--resources", "gpu=1", "--cores", "all"]
+CMD []
+
+# ---------------------------------------------------------------------------------------------------
+# CUDA target (the default, last stage): the CUDA runtime, the wheels built above, torch's CUDA build
+# from PyPI, LPIPS (torchvision works here). No CUDA compiler is needed in this image.
+FROM nvidia/cuda:13.0.1-runtime-ubuntu22.04 AS cuda
+
+ARG DEBIAN_FRONTEND=noninteractive
+# for a uid the image does not know (--user), HOME is / and getpwuid fails: caches go to /tmp, and
+# LOGNAME answers getpass.getuser() (snakemake asks)
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/venv/bin:$PATH \
+    HF_HOME=/cache/huggingface \
+    TORCH_HOME=/cache/torch \
+    OCCFUSION_EXT_DIR=/opt/occfusion/torch_extensions \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    XDG_CACHE_HOME=/tmp/cache \
+    LOGNAME=occfusion
+
+COPY docker/install.sh /usr/local/bin/occfusion-install
+RUN occfusion-install system
+WORKDIR /work
+COPY pyproject.toml ./
 COPY --from=build /wheels /wheels
-# DL3013 flags the two unversioned items: the wheels built above and this project itself
-# hadolint ignore=DL3013
-RUN pip install "torch==2.13.0" "torchvision==0.28.0" "lpips==0.1.4" "ninja==1.13.2" \
-        "packaging==26.3" /wheels/*.whl \
-    && pip install "torch==2.13.0" ".[workflow,diffusion]" \
+RUN occfusion-install deps "torchvision==0.28.0" "lpips==0.1.4" "packaging==26.3" /wheels/*.whl \
     && rm -rf /wheels
 COPY --chown=occfusion:occfusion . .
-
+# the project, then the CPU rasterizer compiled once into OCCFUSION_EXT_DIR (GPU runs use gsplat or
+# diff-gaussian-rasterization)
+RUN occfusion-install project
 USER 1000:1000
-# the CPU rasterizer, compiled once into OCCFUSION_EXT_DIR (GPU runs use gsplat or diff-gaussian-rasterization)
-RUN python -m occfusion_core.render.backends.cpp --build
 
 # results/ (outputs, logs, benchmarks) and /cache (Hugging Face models: HF_HOME; torch hub: TORCH_HOME)
 VOLUME ["/work/results", "/cache"]

@@ -14,6 +14,11 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+# The image every job runs in under `snakemake --sdm apptainer` (a .sif file, or docker://REGISTRY/...):
+# docs/running.md, "Per-rule containers". Without --sdm apptainer it is not used.
+container: config.get("container_image", "occfusion.sif")
+
+
 report: "report/workflow.rst"
 
 
