@@ -30,6 +30,8 @@ install: $(STAMP)
 
 demo: install
 	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=1
+	@# the README's result table is this output
+	@$(PY) -m occfusion_core.stages.summary results/summary.csv
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -209,7 +209,9 @@ REPORT_VIDEOS_JS = """async () => {
   const rows = [...table.querySelectorAll('tbody tr')].map(
     (tr) => Object.fromEntries([...tr.cells].map((td, i) => [header[i], td.textContent.trim()])));
   // a variant's videos page, through its view button, as a reader clicks it
-  const page = Object.keys(results).sort().find((path) => path.endsWith('/renders/videos.html'));
+  // the method's own page where there is one (the README's picture), else the first
+  const pages = Object.keys(results).sort().filter((path) => path.endsWith('/renders/videos.html'));
+  const page = pages.find((path) => path.endsWith('/occfusion/renders/videos.html')) || pages[0];
   app.showResultInfo(page);
   await sleep(100);
   const button = await until(() => document.querySelector('nav table a'), 'the view button of ' + page);

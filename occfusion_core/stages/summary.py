@@ -95,3 +95,44 @@ def summarize(metric_files: list[str], table_path, plot_path) -> list[dict]:
     plt.close(fig)
     log.info("summary of %d runs -> %s", len(rows), table_path)
     return rows
+
+
+MARKDOWN_COLUMNS = [
+    ("variant", "variant"), ("role", "role"), ("occluded_psnr", "occluded-region PSNR"),
+    ("heldout_psnr", "held-out PSNR"), ("heldout_ssim", "held-out SSIM"), ("visible_psnr", "visible-pixel PSNR"),
+    ("gap_closed", "gap closed"), ("silhouette_iou", "silhouette IoU"), ("gaussians", "Gaussians"),
+]
+
+
+def markdown_table(table_path) -> str:
+    """The summary CSV as the README's Markdown table (one table per subject, rows in CSV order).
+
+    PSNR to 2 decimals, SSIM, IoU and the gap closed to 3; an empty cell is '-'.
+    """
+    with open(table_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    lines = []
+    for subject in dict.fromkeys(r["subject"] for r in rows):
+        if len(lines):
+            lines.append("")
+        lines.append(f"subject `{subject}`:")
+        lines.append("")
+        lines.append("| " + " | ".join(title for _, title in MARKDOWN_COLUMNS) + " |")
+        lines.append("|" + "---|" * len(MARKDOWN_COLUMNS))
+        for row in (r for r in rows if r["subject"] == subject):
+            cells = []
+            for key, _ in MARKDOWN_COLUMNS:
+                value = row.get(key, "")
+                if value and key.endswith("psnr"):
+                    value = f"{float(value):.2f}"
+                elif value and key in ("heldout_ssim", "gap_closed", "silhouette_iou"):
+                    value = f"{float(value):.3f}"
+                cells.append(value or "-")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m occfusion_core.stages.summary results/summary.csv
+    import sys
+
+    print(markdown_table(sys.argv[1] if len(sys.argv) > 1 else "results/summary.csv"))
