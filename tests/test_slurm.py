@@ -86,15 +86,15 @@ class SqueuePoller(threading.Thread):
 
     def poll(self):
         out = subprocess.run(
-            ["squeue", "-h", "--states=all", "-O", "JobID:|,Comment:|,tres-per-job:|,State"],
+            ["squeue", "-h", "--states=all", "-O", "JobID:|,Comment:|,tres-per-job:|,NumCPUs:|,State"],
             capture_output=True,
             text=True,
             timeout=30,
         )
         for line in out.stdout.splitlines():
             fields = [f.strip() for f in line.split("|")]
-            if len(fields) >= 4 and fields[0].isdigit():
-                self.jobs[fields[0]] = {"comment": fields[1], "tres": fields[2], "state": fields[3]}
+            if len(fields) >= 5 and fields[0].isdigit():
+                self.jobs[fields[0]] = {"comment": fields[1], "tres": fields[2], "cpus": fields[3], "state": fields[4]}
 
     def stop(self):
         self._done.set()
@@ -207,6 +207,10 @@ def test_gpu_rules_requested_a_gpu_from_slurm(runs):
         tres = runs["jobs"][jobid]["tres"]
         if rule in GPU_RULES:
             assert re.search(r"gres[:/]gpu[:=]1\b", tres), f"{rule} (job {jobid}) asked for {tres!r}"
+            # a GPU stage's threads (--cpus-per-task): --cores 2 here, decided when the job was
+            # scheduled, not by probing this GPU-less submit host (which gives 1)
+            cpus = runs["jobs"][jobid]["cpus"]
+            assert cpus == "2", f"{rule} (job {jobid}) got {cpus} CPUs"
         else:
             assert "gpu" not in tres, f"CPU rule {rule} (job {jobid}) asked for {tres!r}"
 
