@@ -22,8 +22,8 @@ from occfusion_core.gaussians.splat_ply import SplatPly, ply_property_names, rea
 from occfusion_core.io import InputError, read_image, read_mask, save_torch
 from occfusion_core.render.camera import Camera, intrinsics_from_fov, look_at
 from occfusion_core.render.rasterize import rasterize
-from occfusion_core.render.sh import eval_sh
-from occfusion_core.stages.export import export_all, rotate_sh
+from occfusion_core.render.sh import eval_sh, rotate_sh
+from occfusion_core.stages.export import export_all
 from occfusion_core.stages.optimize import body_refinement_record
 from occfusion_core.stages.render import AvatarRenderer
 from occfusion_core.stages.trained_model import training_body_params

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import InputError, atomic_path
+from ..render.sh import sh_degree_of
 
 PLY_ELEMENT = "vertex"
 
@@ -71,14 +72,6 @@ class SplatPly:
     @property
     def sh_degree(self) -> int:
         return sh_degree_of(self.sh.shape[1])
-
-
-def sh_degree_of(num_coefficients: int) -> int:
-    """The SH degree d with (d + 1)² = ``num_coefficients`` (0..3), or ValueError."""
-    degree = round(num_coefficients**0.5) - 1
-    if (degree + 1) ** 2 != num_coefficients or not 0 <= degree <= 3:
-        raise ValueError(f"{num_coefficients} SH coefficients per channel is not (d + 1)² for a degree d in 0..3")
-    return degree
 
 
 def ply_property_names(sh_degree: int) -> list[str]:

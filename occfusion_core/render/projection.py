@@ -144,3 +144,22 @@ def project_gaussians(
         )
         radii = torch.where((valid & inside)[:, None], radius, torch.zeros_like(radius)).to(torch.int32)
     return Projection(means2d=means2d, conics=conics, depths=tz, radii=radii)
+
+
+def polar_rotation(linear: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) matrices -> (..., 3, 3) the nearest rotations (the orthogonal factor of the polar
+    decomposition, determinant +1)."""
+    u, _, vh = torch.linalg.svd(linear)
+    det = torch.linalg.det(u @ vh)
+    fix = torch.ones_like(u[..., 0])
+    fix[..., 2] = det.sign()
+    return (u * fix[..., None, :]) @ vh
+
+
+def quats_wxyz_from_rotations(rotations: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 3) rotation matrices -> (N, 4) unit quaternions (w, x, y, z)."""
+    from scipy.spatial.transform import Rotation
+
+    xyzw = Rotation.from_matrix(rotations.detach().double().cpu().numpy()).as_quat()
+    quats = torch.as_tensor(xyzw)
+    return torch.cat([quats[:, 3:], quats[:, :3]], dim=1)

@@ -6,6 +6,8 @@ degree-0 Gaussian shows ``rgb`` from every direction (see :func:`RGB2SH`).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -103,3 +105,46 @@ def view_directions(means: torch.Tensor, center: torch.Tensor, transforms: torch
     if transforms is not None:
         dirs = torch.linalg.solve(transforms.detach(), dirs[..., None])[..., 0]
     return dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def sh_degree_of(num_coefficients: int) -> int:
+    """The SH degree d with (d + 1)² = ``num_coefficients`` (0..3), or ValueError."""
+    degree = round(num_coefficients**0.5) - 1
+    if (degree + 1) ** 2 != num_coefficients or not 0 <= degree <= 3:
+        raise ValueError(f"{num_coefficients} SH coefficients per channel is not (d + 1)² for a degree d in 0..3")
+    return degree
+
+
+def fibonacci_directions(count: int) -> torch.Tensor:
+    """(count, 3) unit directions spread evenly over the sphere (float64)."""
+    i = torch.arange(count, dtype=torch.float64) + 0.5
+    z = 1.0 - 2.0 * i / count
+    phi = math.pi * (3.0 - math.sqrt(5.0)) * i
+    r = (1.0 - z * z).sqrt()
+    return torch.stack([r * phi.cos(), r * phi.sin(), z], dim=-1)
+
+
+def rotate_sh(sh: torch.Tensor, rotations: torch.Tensor, samples: int = 64) -> torch.Tensor:
+    """SH coefficients of each Gaussian's colour function turned by its rotation.
+
+    The result c' satisfies ``eval_sh(c', d) == eval_sh(c, R^T d)`` for every direction d: a
+    colour seen along R^T d before is seen along d after. Each band is a rotation-invariant space, so
+    c' is found exactly by least squares on ``samples`` directions (any 16+ spread directions will do).
+
+    Args:
+        sh: (N, K, 3) coefficients, K = (degree + 1)², degree <= 3.
+        rotations: (N, 3, 3) rotation matrices.
+
+    Returns:
+        (N, K, 3), the DC term unchanged (it is the same from every direction).
+    """
+    degree = sh_degree_of(sh.shape[1])
+    if degree == 0:
+        return sh.clone()
+    dirs = fibonacci_directions(samples)  # (S, 3)
+    basis = sh_basis(degree, dirs)[:, 1:]  # (S, K - 1)
+    turned = torch.einsum("nji,sj->nsi", rotations.double(), dirs)  # R^T d: (N, S, 3)
+    turned_basis = sh_basis(degree, turned.reshape(-1, 3)).reshape(sh.shape[0], samples, -1)[..., 1:]
+    transfer = torch.linalg.pinv(basis) @ turned_basis  # (N, K - 1, K - 1)
+    rest = transfer @ sh[:, 1:].double()
+    return torch.cat([sh[:, :1], rest.to(sh.dtype)], dim=1)

@@ -15,7 +15,6 @@ Everything runs on the CPU: no rendering, one deformation.
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 from pathlib import Path
 
@@ -23,9 +22,10 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, ExportConfig
-from ..gaussians.splat_ply import SplatPly, sh_degree_of, write_splat_ply
+from ..gaussians.splat_ply import SplatPly, write_splat_ply
 from ..io import InputError, atomic_dir, atomic_path, write_json, write_mask
-from ..render.sh import sh_basis
+from ..render.projection import polar_rotation, quats_wxyz_from_rotations
+from ..render.sh import rotate_sh
 from .trained_model import load_trained_model, training_body_params
 
 log = logging.getLogger(__name__)
@@ -58,59 +58,6 @@ def canonical_splats(model) -> SplatPly:
         log_scales=model.scaling.detach().cpu(),
         quats=model.rotation.detach().cpu(),
     )
-
-
-def polar_rotation(linear: torch.Tensor) -> torch.Tensor:
-    """(..., 3, 3) matrices -> (..., 3, 3) the nearest rotations (the orthogonal factor of the polar
-    decomposition, determinant +1)."""
-    u, _, vh = torch.linalg.svd(linear)
-    det = torch.linalg.det(u @ vh)
-    fix = torch.ones_like(u[..., 0])
-    fix[..., 2] = det.sign()
-    return (u * fix[..., None, :]) @ vh
-
-
-def quats_wxyz_from_rotations(rotations: torch.Tensor) -> torch.Tensor:
-    """(N, 3, 3) rotation matrices -> (N, 4) unit quaternions (w, x, y, z)."""
-    from scipy.spatial.transform import Rotation
-
-    xyzw = Rotation.from_matrix(rotations.detach().double().cpu().numpy()).as_quat()
-    return torch.as_tensor(np.concatenate([xyzw[:, 3:], xyzw[:, :3]], axis=1))
-
-
-def fibonacci_directions(count: int) -> torch.Tensor:
-    """(count, 3) unit directions spread evenly over the sphere (float64)."""
-    i = torch.arange(count, dtype=torch.float64) + 0.5
-    z = 1.0 - 2.0 * i / count
-    phi = math.pi * (3.0 - math.sqrt(5.0)) * i
-    r = (1.0 - z * z).sqrt()
-    return torch.stack([r * phi.cos(), r * phi.sin(), z], dim=-1)
-
-
-def rotate_sh(sh: torch.Tensor, rotations: torch.Tensor, samples: int = 64) -> torch.Tensor:
-    """SH coefficients of each Gaussian's colour function turned by its rotation.
-
-    The result c' satisfies ``eval_sh(c', d) == eval_sh(c, R^T d)`` for every direction d: a
-    colour seen along R^T d before is seen along d after. Each band is a rotation-invariant space, so
-    c' is found exactly by least squares on ``samples`` directions (any 16+ spread directions will do).
-
-    Args:
-        sh: (N, K, 3) coefficients, K = (degree + 1)², degree <= 3.
-        rotations: (N, 3, 3) rotation matrices.
-
-    Returns:
-        (N, K, 3), the DC term unchanged (it is the same from every direction).
-    """
-    degree = sh_degree_of(sh.shape[1])
-    if degree == 0:
-        return sh.clone()
-    dirs = fibonacci_directions(samples)  # (S, 3)
-    basis = sh_basis(degree, dirs)[:, 1:]  # (S, K - 1)
-    turned = torch.einsum("nji,sj->nsi", rotations.double(), dirs)  # R^T d: (N, S, 3)
-    turned_basis = sh_basis(degree, turned.reshape(-1, 3)).reshape(sh.shape[0], samples, -1)[..., 1:]
-    transfer = torch.linalg.pinv(basis) @ turned_basis  # (N, K - 1, K - 1)
-    rest = transfer @ sh[:, 1:].double()
-    return torch.cat([sh[:, :1], rest.to(sh.dtype)], dim=1)
 
 
 @torch.no_grad()
