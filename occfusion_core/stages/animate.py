@@ -200,7 +200,7 @@ def animate_avatar(data_dir, model_path, body_model_path, motions: dict, cfg: An
     from ..body.model import load_body_model
     from ..data.sequence import read_sequence
     from ..render.backends import resolve_backend
-    from ..render.camera import Camera, look_at
+    from ..render.camera import orbit_cameras
 
     unknown = [c for c in cfg.cameras if c not in CAMERAS]
     if unknown or not cfg.cameras:
@@ -247,11 +247,10 @@ def animate_avatar(data_dir, model_path, body_model_path, motions: dict, cfg: An
                         cam = cam0
                     else:  # circles the body's current position at the training camera's distance and height
                         centre = np.array([pelvis[j, 0], centre_y, pelvis[j, 2]])
-                        a = camera_yaw + math.radians(cfg.orbit_deg_per_frame * j)
-                        eye = centre + np.array(
-                            [orbit_radius * math.sin(a), eye0[1] - centre_y, orbit_radius * math.cos(a)]
+                        azimuth = math.degrees(camera_yaw) + cfg.orbit_deg_per_frame * j
+                        (cam,) = orbit_cameras(
+                            centre, orbit_radius, float(eye0[1]), [azimuth], cam0.K, cam0.width, cam0.height
                         )
-                        cam = Camera(cam0.K, look_at(eye, centre), cam0.width, cam0.height)
                     t = time.perf_counter()
                     frames.append(renderer.image(poses_t[j], betas, trans_t[j], cam))
                     render_seconds += time.perf_counter() - t

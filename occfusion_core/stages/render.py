@@ -65,7 +65,7 @@ def render_all(data_dir, model_path, body_model_path, cfg: RenderConfig, out_dir
     from ..data.motion import novel_pose_motion
     from ..data.sequence import read_sequence
     from ..render.backends import resolve_backend
-    from ..render.camera import Camera, look_at
+    from ..render.camera import orbit_cameras
 
     device = pick_device(cfg.device)
     seq = read_sequence(data_dir)
@@ -122,10 +122,9 @@ def render_all(data_dir, model_path, body_model_path, cfg: RenderConfig, out_dir
         radius = float(np.linalg.norm((eye0 - center)[[0, 2]]))
         start = np.degrees(np.arctan2(eye0[0] - center[0], eye0[2] - center[2]))
         orbit = []
-        for j in range(cfg.orbit_frames):
-            a = np.radians(start + 360.0 * j / cfg.orbit_frames)
-            eye = center + np.array([radius * np.sin(a), eye0[1] - center[1], radius * np.cos(a)])
-            cam = Camera(cam0.K, look_at(eye, center), cam0.width, cam0.height)
+        azimuths = [start + 360.0 * j / cfg.orbit_frames for j in range(cfg.orbit_frames)]
+        cameras = orbit_cameras(center, radius, float(eye0[1]), azimuths, cam0.K, cam0.width, cam0.height)
+        for j, cam in enumerate(cameras):
             img = render(params["poses"][k], params["betas"][k], params["trans"][k], cam)
             write_image(tmp / "orbit" / f"{j:05d}.png", img)
             orbit.append(img)
