@@ -136,6 +136,16 @@ def _fused_projection(chosen, means: torch.Tensor) -> bool:
     return chosen.name == "cpp" and means.device.type == "cpu"
 
 
+def _covariances(chosen, quats: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 3) covariances; compiled beside the compiled projection (held to the torch code by
+    tests/test_project_cpu.py)."""
+    if _fused_projection(chosen, quats):
+        from .backends.cpp import quat_scale_to_covar as compiled_quat_scale_to_covar
+
+        return compiled_quat_scale_to_covar(quats, scales)
+    return quat_scale_to_covar(quats, scales)
+
+
 def _project_shade_composite(chosen, means, opacities, camera, covars, sh, sh_degree, view_transforms, background,
                              eps2d, near, far, colors=None) -> RenderOutput:
     """:func:`occfusion_core.render.backends.cpp.project_and_shade`, then the compositing; given
@@ -262,7 +272,7 @@ def rasterize(
         )
 
     if covars is None:
-        covars = quat_scale_to_covar(quats, scales)
+        covars = _covariances(chosen, quats, scales)
     if _fused_projection(chosen, means) and (colors is None and sh_degree == 0):
         # degree 0 has no viewing direction, so no gradient is lost by the compiled pass's constant ones
         return _project_shade_composite(chosen, means, opacities, camera, covars, sh, 0, None, background, eps2d,

@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 EXTENSION_NAME = "occfusion_rasterize_cpu"
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCE = CSRC / "rasterize_cpu.cpp"  # includes csrc/tile_kernels.h
-SOURCES = [SOURCE, CSRC / "project_cpu.cpp", CSRC / "skin_cpu.cpp"]
-"""The extension's sources: the tile rasterizer, the fused projection + SH colours, the fused skinning."""
+SOURCES = [SOURCE, CSRC / "project_cpu.cpp", CSRC / "skin_cpu.cpp", CSRC / "covar_cpu.cpp"]
+"""The extension's sources: the tile rasterizer, the fused projection + SH colours, the fused skinning,
+the covariances from rotations and scales (the last two share ``csrc/quat_math.h``)."""
 # No -march=native: the build must run on any x86-64 host that shares the cache folder (the source
 # carries an AVX2 variant of its hot loops, picked at run time). No -ffast-math: it would change the
 # skip/stop comparisons that the semantics define exactly. -ffp-contract=off: no fused multiply-adds,
@@ -188,6 +189,35 @@ def project_and_shade(means: torch.Tensor, covars: torch.Tensor, sh: torch.Tenso
                                  empty if transforms is None else transforms.detach().contiguous(), sh_degree,
                                  camera.K.detach().cpu(), camera.w2c.detach().cpu(), camera.width, camera.height,
                                  eps2d, near, far)
+
+
+class CovarianceCpp(torch.autograd.Function):
+    """Autograd wrapper around ``torch.ops.occfusion_cpu.covar_forward/backward``."""
+
+    @staticmethod
+    def forward(ctx, quats, scales):
+        load_extension()
+        ctx.save_for_backward(quats, scales)
+        return torch.ops.occfusion_cpu.covar_forward(quats, scales)
+
+    @staticmethod
+    def backward(ctx, grad_covars):
+        g_quats, g_scales = torch.ops.occfusion_cpu.covar_backward(*ctx.saved_tensors, grad_covars.contiguous())
+        return g_quats, g_scales
+
+
+def quat_scale_to_covar(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """:func:`occfusion_core.render.projection.quat_scale_to_covar` in one compiled pass
+    (``csrc/covar_cpu.cpp``).
+
+    Args:
+        quats: (N, 4) rotations (w, x, y, z), any norm; scales: (N, 3) standard deviations (already
+            activated). One dtype (float32/64), CPU.
+
+    Returns:
+        (N, 3, 3) covariances R diag(scales)^2 R^T.
+    """
+    return CovarianceCpp.apply(quats.contiguous(), scales.contiguous())
 
 
 class SkinCpp(torch.autograd.Function):

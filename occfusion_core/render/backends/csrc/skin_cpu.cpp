@@ -27,6 +27,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "quat_math.h"
+
 namespace occfusion {
 namespace {
 
@@ -58,18 +60,6 @@ inline void matmul3_at(const double* a, const double* b, double* out) {  // out 
     for (int c = 0; c < 3; ++c) out[3 * r + c] = a[r] * b[c] + a[3 + r] * b[3 + c] + a[6 + r] * b[6 + c];
 }
 
-// R(q / |q|) (w, x, y, z); |q| floored at 1e-12 as torch.nn.functional.normalize does.
-inline double quat_rotation(const double* q, double* R, double* qn) {
-  const double norm = std::sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
-  const double s = 1.0 / std::max(norm, 1e-12);
-  for (int k = 0; k < 4; ++k) qn[k] = q[k] * s;
-  const double w = qn[0], x = qn[1], y = qn[2], z = qn[3];
-  R[0] = 1 - 2 * (y * y + z * z), R[1] = 2 * (x * y - w * z), R[2] = 2 * (x * z + w * y);
-  R[3] = 2 * (x * y + w * z), R[4] = 1 - 2 * (x * x + z * z), R[5] = 2 * (y * z - w * x);
-  R[6] = 2 * (x * z - w * y), R[7] = 2 * (y * z + w * x), R[8] = 1 - 2 * (x * x + y * y);
-  return norm;
-}
-
 // One Gaussian's forward quantities.
 struct Skinned {
   double BR[9], Bt[3], Binv[9], u[3], rest[3], AR[9], At[3], L[9], M[9], Rq[9], qn[4], qnorm, es[3], cov_c[9];
@@ -97,9 +87,7 @@ inline void skin_one(int64_t i, int J, const scalar_t* w, const double* big, con
   const double qd[4] = {double(q[4 * i]), double(q[4 * i + 1]), double(q[4 * i + 2]), double(q[4 * i + 3])};
   k.qnorm = quat_rotation(qd, k.Rq, k.qn);
   for (int c = 0; c < 3; ++c) k.es[c] = std::exp(double(s[3 * i + c]));
-  for (int r = 0; r < 3; ++r)
-    for (int c = 0; c < 3; ++c) k.M[3 * r + c] = k.Rq[3 * r + c] * k.es[c];
-  matmul3_bt(k.M, k.M, k.cov_c);
+  rotation_scale_covariance(k.Rq, k.es, k.M, k.cov_c);
 }
 
 void check(const at::Tensor& weights, const at::Tensor& big, const at::Tensor& target, const at::Tensor& xyz,
@@ -250,30 +238,11 @@ std::vector<at::Tensor> skin_backward(const at::Tensor& weights, const at::Tenso
             }
           }
           // cov_c = M M^T, M = R(q) diag(e^s)
-          double g_M[9];
-          for (int r = 0; r < 3; ++r)
-            for (int c = 0; c < 3; ++c)
-              g_M[3 * r + c] = (g_cov_c[3 * r] + g_cov_c[r]) * k.M[c] + (g_cov_c[3 * r + 1] + g_cov_c[3 + r]) * k.M[3 + c] +
-                               (g_cov_c[3 * r + 2] + g_cov_c[6 + r]) * k.M[6 + c];
-          double g_R[9];
-          for (int c = 0; c < 3; ++c) {
-            double acc = 0.0;
-            for (int r = 0; r < 3; ++r) g_R[3 * r + c] = g_M[3 * r + c] * k.es[c], acc += g_M[3 * r + c] * k.M[3 * r + c];
-            os[3 * i + c] = scalar_t(acc);
-          }
-          const double qw = k.qn[0], qx = k.qn[1], qy = k.qn[2], qz = k.qn[3];
-          const double* G = g_R;
-          double g_qn[4];
-          g_qn[0] = 2 * (-qz * G[1] + qy * G[2] + qz * G[3] - qx * G[5] - qy * G[6] + qx * G[7]);
-          g_qn[1] = 2 * (qy * G[1] + qz * G[2] + qy * G[3] - 2 * qx * G[4] - qw * G[5] + qz * G[6] + qw * G[7] - 2 * qx * G[8]);
-          g_qn[2] = 2 * (-2 * qy * G[0] + qx * G[1] + qw * G[2] + qx * G[3] + qz * G[5] - qw * G[6] + qz * G[7] - 2 * qy * G[8]);
-          g_qn[3] = 2 * (-2 * qz * G[0] - qw * G[1] + qx * G[2] + qw * G[3] - 2 * qz * G[4] + qy * G[5] + qx * G[6] + qy * G[7]);
-          if (k.qnorm > 1e-12) {
-            const double dot = qw * g_qn[0] + qx * g_qn[1] + qy * g_qn[2] + qz * g_qn[3];
-            for (int e = 0; e < 4; ++e) oq[4 * i + e] = scalar_t((g_qn[e] - k.qn[e] * dot) / k.qnorm);
-          } else {
-            for (int e = 0; e < 4; ++e) oq[4 * i + e] = scalar_t(g_qn[e] / 1e-12);
-          }
+          double g_R[9], g_es[3], g_q[4];
+          rotation_scale_covariance_backward(k.Rq, k.M, k.es, g_cov_c, g_R, g_es);
+          quat_rotation_backward(k.qn, k.qnorm, g_R, g_q);
+          for (int c = 0; c < 3; ++c) os[3 * i + c] = scalar_t(g_es[c] * k.es[c]);  // d e^s / ds = e^s
+          for (int e = 0; e < 4; ++e) oq[4 * i + e] = scalar_t(g_q[e]);
         }
       }
     });
