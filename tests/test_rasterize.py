@@ -411,6 +411,15 @@ def test_non_finite_input_is_named(bad, value):
                   colors=scene["colors"], background=scene["background"])
 
 
+def test_huge_finite_inputs_are_not_taken_for_inf():
+    """The finiteness check sums first; a sum that overflows must not reject finite values."""
+    scene = random_scene(10, seed=12, dtype=torch.float32)
+    scene["quats"][:, 0] = 3e38  # finite; their float32 sum is inf
+    out = rasterize(scene["means"], scene["opacities"], make_camera(8, 8), quats=scene["quats"], scales=scene["scales"],
+                    colors=scene["colors"])
+    assert torch.isfinite(out.rgb).all()
+
+
 def test_bad_arguments_raise_clear_errors():
     scene = random_scene(10, seed=13, dtype=torch.float32)
     camera = make_camera(8, 8)

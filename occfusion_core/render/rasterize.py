@@ -169,6 +169,13 @@ def _composite(chosen, means2d, conics, colors, opacities, depths, radii, camera
                         visible=(radii > 0).all(dim=-1))
 
 
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or inf in ``tensor``. A finite sum proves it in one reduction (NaN and inf propagate
+    through sums); only a sum that overflowed or met one needs the element-wise test."""
+    with torch.no_grad():
+        return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
 def _check_tensor(name: str, tensor: torch.Tensor, shape: tuple, reference: torch.Tensor) -> None:
     """Shape (-1 = any), dtype/device agreement with ``reference`` and finiteness, or ValueError."""
     if not isinstance(tensor, torch.Tensor):
@@ -180,7 +187,7 @@ def _check_tensor(name: str, tensor: torch.Tensor, shape: tuple, reference: torc
         raise ValueError(
             f"{name} is {tensor.dtype} on {tensor.device}; means is {reference.dtype} on {reference.device}"
         )
-    if not torch.isfinite(tensor).all():
+    if not _all_finite(tensor):
         raise ValueError(f"{name} contains NaN or inf")
 
 
@@ -259,7 +266,7 @@ def rasterize(
     if not isinstance(camera, Camera):
         raise ValueError(f"camera must be a Camera, got {type(camera).__name__}")
     for name, tensor in (("camera.K", camera.K), ("camera.w2c", camera.w2c)):
-        if not torch.isfinite(tensor).all():
+        if not _all_finite(tensor):
             raise ValueError(f"{name} contains NaN or inf")
     if not 0 < near < far:
         raise ValueError(f"need 0 < near < far, got near={near}, far={far}")

@@ -58,9 +58,14 @@ constexpr int kGradHeader = 6;
 // The per-Gaussian loops cost ~10-50 ns an element: below this many elements they run serially,
 // since waking a thread team costs more than it saves (and much more on a busy machine).
 constexpr int64_t kSerialGrain = 1 << 16;
+// The per-Gaussian box (pixel ranges, ellipse, a log and square roots) costs ~100 ns: chunks of this
+// many are worth a thread (10k Gaussians at 256^2 spent ~1 ms there, serially).
+constexpr int64_t kBoxGrain = 2048;
 // Slack added to the exact cut-off sigma = log(255 o) beyond which alpha < 1/255; it absorbs the
 // rounding of exp and of sigma, so culling by the cut-off never drops a pixel the exact rule draws.
 constexpr double kCutMargin = 1e-2;
+// Pixels of slack around a Gaussian's cut-off ellipse when its box is shrunk to it (see shrink_to_ellipse).
+constexpr double kBoxSlack = 1e-3;
 
 template <typename scalar_t>
 struct Rule {
@@ -229,7 +234,7 @@ bool pixel_range(scalar_t mu, scalar_t r, int size, int& lo, int& hi) {
 
 // Shrinks [col_lo, col_hi] x [row_lo, row_hi] to the pixels whose centres may have sigma <= cut: the
 // bounding box of the ellipse 0.5 d^T Q d = cut, |dx| <= sqrt(2 cut c / det), |dy| <= sqrt(2 cut a / det),
-// widened by a pixel. Returns false when no pixel can be drawn.
+// widened by kBoxSlack. Returns false when no pixel can be drawn.
 //
 // Why this never drops a pixel the exact rule draws: outside the ellipse the exact sigma >= cut, and
 // sigma evaluated in scalar_t is within rel * sigma of it, rel = 16 eps (a + c) / lambda_min(Q) (each
@@ -249,9 +254,12 @@ bool shrink_to_ellipse(scalar_t mx, scalar_t my, scalar_t a_, scalar_t b_, scala
   const double rel = 16.0 * double(std::numeric_limits<scalar_t>::epsilon()) * (a + c) / lambda_min;
   if (rel * cut > 0.5 * kCutMargin) return true;
   const double extent_x = std::sqrt(2.0 * cut * c / det), extent_y = std::sqrt(2.0 * cut * a / det);
-  // Centres px = i + 0.5 with |px - mx| <= extent_x, one pixel of slack each side.
-  const double lo_x = std::ceil(double(mx) - extent_x - 0.5) - 1.0, hi_x = std::floor(double(mx) + extent_x - 0.5) + 1.0;
-  const double lo_y = std::ceil(double(my) - extent_y - 0.5) - 1.0, hi_y = std::floor(double(my) + extent_y - 0.5) + 1.0;
+  // Centres px = i + 0.5 with |px - mx| <= extent_x + kBoxSlack. The box is exact up to double rounding
+  // (~1e-12 px, a sigma change far below the half margin left after rel * cut); the slack only widens it.
+  const double lo_x = std::ceil(double(mx) - extent_x - 0.5 - kBoxSlack);
+  const double hi_x = std::floor(double(mx) + extent_x - 0.5 + kBoxSlack);
+  const double lo_y = std::ceil(double(my) - extent_y - 0.5 - kBoxSlack);
+  const double hi_y = std::floor(double(my) + extent_y - 0.5 + kBoxSlack);
   if (lo_x > col_lo) col_lo = int(std::min(lo_x, double(col_hi) + 1.0));
   if (hi_x < col_hi) col_hi = int(std::max(hi_x, double(col_lo) - 1.0));
   if (lo_y > row_lo) row_lo = int(std::min(lo_y, double(row_hi) + 1.0));
@@ -318,7 +326,7 @@ Bins bin_gaussians(const at::Tensor& means2d, const at::Tensor& conics, const at
 
   std::vector<int32_t> rect_all(size_t(n) * 4);
   std::vector<uint8_t> visible(n, 0);
-  at::parallel_for(0, n, kSerialGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n, kBoxGrain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int32_t rx = radii_ptr[2 * i], ry = radii_ptr[2 * i + 1];
       if (rx <= 0 || ry <= 0) continue;

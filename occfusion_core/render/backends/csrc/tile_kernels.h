@@ -220,11 +220,12 @@ void forward_tile(const TileGrid& grid, int64_t tile, const int32_t* offsets, co
         const mask take = drawn & ~stop;
         s.done[i] |= stop;
         stopped_count += stop;
-        const vec weight = ca.alpha * T_here;
+        // zero outside the lanes taken: adding weight * colour then leaves the others as they are
+        const vec weight = take ? ca.alpha * T_here : vec{};
         s.T[i] = take ? next_T : T_here;
         s.walked[i] = take ? mask{} + walked_value : s.walked[i];
         vec* acc = s.accum.data() + i;
-        for (int ch = 0; ch < n_channels; ++ch, acc += kRowStride) *acc = take ? *acc + weight * color[ch] : *acc;
+        for (int ch = 0; ch < n_channels; ++ch, acc += kRowStride) *acc += weight * color[ch];
       }
     }
     if (any_lane(stopped_count) && -sum_lanes(stopped_count) >= n_pixels) break;
@@ -253,7 +254,9 @@ struct BackwardScratch {
   typename L::vec pixel_x[L::kChunks];
   ColumnIndex<scalar_t> columns;
   AlignedBuffer<typename L::vec> grad_pixel;  // (C, kTileSize * kChunks) dL/dimage
-  AlignedBuffer<typename L::vec> behind;      // (C, kTileSize * kChunks) sum of weight * colour of farther Gaussians
+  // sum over the farther Gaussians of weight * <dL/dimage, colour>: what d image/d alpha needs of
+  // them, one number per pixel instead of one per channel
+  typename L::vec behind_dot[kTileSize * L::kChunks];
   // Per-column gradient sums of the current Gaussian (summed over the tile's rows): mean x, mean y,
   // conic a, b, c, opacity, then the colours; (kGradHeader + C, kChunks).
   AlignedBuffer<typename L::vec> grad_sums;
@@ -283,7 +286,7 @@ void backward_tile(const TileGrid& grid, int64_t tile, const int32_t* offsets, c
     s.walked[i] = mask{};
   }
   std::fill(s.grad_pixel.begin(), s.grad_pixel.end(), vec{});
-  std::fill(s.behind.begin(), s.behind.end(), vec{});
+  for (int i = 0; i < kRowStride; ++i) s.behind_dot[i] = vec{};
   int32_t max_walked = 0;
   for (int row = 0; row < tile_h; ++row) {
     for (int col = 0; col < tile_w; ++col) {
@@ -327,18 +330,19 @@ void backward_tile(const TileGrid& grid, int64_t tile, const int32_t* offsets, c
         const vec T_front = s.T[i] * inv_one_minus_alpha;
         // Zero outside the drawn lanes, so the sums below need no masks of their own.
         const vec weight = drawn ? ca.alpha * T_front : vec{};
-        // d(1 - T_last)/d alpha = T_last / (1 - alpha); d image/d alpha = T_front colour - behind / (1 - alpha).
+        // d(1 - T_last)/d alpha = T_last / (1 - alpha); d image/d alpha = T_front colour - behind / (1 - alpha),
+        // taken against dL/dimage: T_front <g, colour> - behind_dot / (1 - alpha).
         // Lanes not drawn get garbage here, masked out below.
-        vec grad_alpha_here = s.grad_alpha[i] * s.T_last[i] * inv_one_minus_alpha;
-        vec* grad_pix = s.grad_pixel.data() + i;
-        vec* behind = s.behind.data() + i;
+        vec colour_dot = {};
+        const vec* grad_pix = s.grad_pixel.data() + i;
         vec* grad_color = s.grad_sums.data() + kGradHeader * kChunks + j;
-        for (int ch = 0; ch < n_channels; ++ch, grad_pix += kRowStride, behind += kRowStride, grad_color += kChunks) {
-          const scalar_t value = color[ch];
-          grad_alpha_here += *grad_pix * (value * T_front - *behind * inv_one_minus_alpha);
+        for (int ch = 0; ch < n_channels; ++ch, grad_pix += kRowStride, grad_color += kChunks) {
+          colour_dot += *grad_pix * color[ch];
           *grad_color += weight * *grad_pix;
-          *behind = drawn ? *behind + weight * value : *behind;
         }
+        const vec grad_alpha_here = s.grad_alpha[i] * s.T_last[i] * inv_one_minus_alpha + colour_dot * T_front -
+                                    s.behind_dot[i] * inv_one_minus_alpha;
+        s.behind_dot[i] += weight * colour_dot;
         s.T[i] = drawn ? T_front : s.T[i];
         // alpha = min(0.999, o exp(-sigma)): nothing flows through the clamp.
         const mask live = drawn & (g.opacity * ca.gauss <= Rule<scalar_t>::kMaxAlpha);
@@ -407,7 +411,6 @@ void backward_tiles(const TileGrid& grid, const int32_t* offsets, const int32_t*
   const int n_threads = std::max(1, at::get_num_threads());
   auto scratch = make_scratch<BackwardScratch<scalar_t>>(n_threads, [&](BackwardScratch<scalar_t>& s) {
     s.grad_pixel.resize(size_t(n_channels) * kTileSize * Lanes<scalar_t>::kChunks);
-    s.behind.resize(size_t(n_channels) * kTileSize * Lanes<scalar_t>::kChunks);
     s.grad_sums.resize(size_t(kGradHeader + n_channels) * Lanes<scalar_t>::kChunks);
   });
 #pragma omp parallel num_threads(n_threads)
