@@ -169,6 +169,29 @@ def test_fit_ignores_invisible_keypoints_under_a_pitched_camera(proxy_body):
     assert lean_error.max() < 10.0, lean_error
 
 
+def test_an_arm_no_keypoint_sees_hangs_down(proxy_body):
+    """The right arm's shoulder, elbow, wrist and hand landmarks are hidden (visibility 0, as behind an
+    occluder); the fit has no evidence for that arm and must leave it relaxed at the side, not in
+    SMPL's T-pose straight out sideways: the wrist well below the shoulder and near the trunk."""
+    T = 4
+    poses, betas, trans, keypoints, world = _scene(proxy_body, T, noise_px=0.5, noise_m=0.005, seed=5)
+    visibility = np.full((T, 33), 0.95)
+    hidden = [i for i, name in enumerate(LANDMARK_NAMES)
+              if name.startswith("right_") and name.split("_", 1)[1] in ("elbow", "wrist", "pinky", "index", "thumb")]
+    visibility[:, hidden] = 0.0
+    cfg = FitConfig(progress=False, iterations_global=30, iterations_pose=150, iterations_all=60)
+    result = fit_body(proxy_body, keypoints, visibility, K, None, cfg)
+    fk = JointsFK(proxy_body)
+    f32 = dict(dtype=torch.float32)
+    joints, _ = fk(torch.tensor(result.poses, **f32), torch.tensor(np.tile(result.betas, (T, 1)), **f32),
+                   torch.tensor(result.trans, **f32))
+    shoulder, wrist, pelvis = joints[:, 17], joints[:, 21], joints[:, 0]
+    drop = (shoulder[:, 1] - wrist[:, 1]).numpy()  # world y is up
+    reach = (wrist - pelvis)[:, [0, 2]].norm(dim=-1).numpy()  # sideways distance from the trunk
+    assert np.all(drop > 0.3), drop
+    assert np.all(reach < 0.45), reach
+
+
 def test_fit_rejects_bad_shapes(proxy_body):
     with pytest.raises(ValueError, match="keypoints"):
         fit_body(proxy_body, np.zeros((2, 17, 2)), np.zeros((2, 17)), K)

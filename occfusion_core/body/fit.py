@@ -20,7 +20,8 @@ shape (10,) shared by all frames. Objective:
   clips). Directions rather than root-relative positions, because
   MediaPipe's hips and shoulders are defined differently from SMPL's joints and its bone lengths are
   its own;
-- pose prior: a quadratic pull of every joint angle towards the rest pose (stiffer for the joints no
+- pose prior: a quadratic pull of every joint angle towards a relaxed standing pose
+  (:data:`INITIAL_BODY_POSE`: arms down, elbows and knees slightly bent; stiffer for the joints no
   keypoint sees: spine, collars, neck, hands, toes) plus soft per-joint angle limits (no knee or elbow
   hyper-extension, bounded spine, neck and wrist angles) -- no learned prior (VPoser) is available;
 - shape prior ||betas||^2; temporal smoothness of joint rotations and of the translation.
@@ -65,9 +66,13 @@ MIN_KEYPOINTS_PER_FRAME = 4
 """A frame with fewer usable keypoints than this is placed from its neighbours at the start of the fit."""
 
 INITIAL_BODY_POSE = np.zeros(72)
-"""(72,) pose the fit starts from: elbows and knees slightly bent. From a straight limb, the twist that
-turns a bend towards a keypoint has no gradient (a forearm raised above a horizontal upper arm would
-stay stuck straight)."""
+"""(72,) pose the fit starts from, and the mean of its pose prior: arms relaxed at the sides (about
+20 degrees out from the body), elbows and knees slightly bent. A limb no keypoint sees (behind an
+occluder, or dropped by the detector) keeps this pose: with SMPL's T-pose there, hidden arms stood
+straight out sideways (on an occluded real clip, across the wall in most frames). The bends matter
+too: from a straight limb, the twist that turns a bend towards a keypoint has no gradient (a forearm
+raised above a horizontal upper arm would stay stuck straight)."""
+INITIAL_BODY_POSE[[50, 53]] = (-1.2, 1.2)  # left / right shoulder, about z: arms down from the T-pose
 INITIAL_BODY_POSE[[55, 58]] = (-0.35, 0.35)  # left / right elbow flexion (about y)
 INITIAL_BODY_POSE[[12, 15]] = 0.15  # knee flexion (about x)
 REFERENCE_FRAME_INTERVAL_S = 1.0 / 30.0
@@ -441,6 +446,7 @@ def _fit_body(body, keypoints, visibility, K, world, cfg, box_height_px, init, f
     low = torch.as_tensor(JOINT_LIMITS_LOW[1:], **f32)
     high = torch.as_tensor(JOINT_LIMITS_HIGH[1:], **f32)
     pull = torch.as_tensor(POSE_PULL_WEIGHTS[1:], **f32)
+    prior_mean = torch.as_tensor(INITIAL_BODY_POSE[3:].reshape(23, 3), **f32)
     bones = torch.as_tensor(BONES, **f32)
     if world is not None:
         world_t = torch.as_tensor(np.asarray(world), **f32)
@@ -475,7 +481,7 @@ def _fit_body(body, keypoints, visibility, K, world, cfg, box_height_px, init, f
         if stage == 1:
             return out
         body_angles = body_pose.reshape(T, 23, 3)
-        out["pose"] = cfg.weight_pose * (pull * body_angles ** 2).sum((1, 2)).mean()
+        out["pose"] = cfg.weight_pose * (pull * (body_angles - prior_mean) ** 2).sum((1, 2)).mean()
         out["limits"] = cfg.weight_limits * (torch.relu(low - body_angles) ** 2
                                              + torch.relu(body_angles - high) ** 2).sum((1, 2)).mean()
         if T > 2:
