@@ -16,6 +16,7 @@ from occfusion_core.body.fit import (
     JointsFK,
     camera_w2c,
     fit_body,
+    frames_seen,
     initial_guess,
     ray_rotation,
     synthesize_detections,
@@ -190,6 +191,19 @@ def test_an_arm_no_keypoint_sees_hangs_down(proxy_body):
     reach = (wrist - pelvis)[:, [0, 2]].norm(dim=-1).numpy()  # sideways distance from the trunk
     assert np.all(drop > 0.3), drop
     assert np.all(reach < 0.45), reach
+
+
+def test_a_frame_needs_its_trunk_to_anchor_the_fit():
+    """A hand and a foot (four landmarks or more, but no shoulder or hip) do not place the body: the
+    frame takes its neighbours' placement."""
+    hands_and_foot = np.zeros((1, 33))
+    hands_and_foot[0, [LANDMARK_NAMES.index(n) for n in ("right_wrist", "right_index", "left_index",
+                                                          "right_knee", "left_ankle", "left_heel")]] = 0.9
+    trunk = np.zeros((1, 33))
+    trunk[0, [LANDMARK_NAMES.index(n) for n in ("left_shoulder", "left_hip", "left_knee", "left_ankle")]] = 0.9
+    few = trunk.copy()
+    few[0, LANDMARK_NAMES.index("left_ankle")] = 0.0
+    assert list(frames_seen(np.concatenate([hands_and_foot, trunk, few]))) == [False, True, False]
 
 
 def test_fit_rejects_bad_shapes(proxy_body):

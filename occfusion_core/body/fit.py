@@ -64,6 +64,19 @@ def camera_w2c(pitch_deg: float = 0.0) -> np.ndarray:
 _HIP_LANDMARKS = (23, 24)
 MIN_KEYPOINTS_PER_FRAME = 4
 """A frame with fewer usable keypoints than this is placed from its neighbours at the start of the fit."""
+MIN_TORSO_KEYPOINTS = 2
+"""...and so is one with fewer usable torso landmarks (shoulders, hips) than this: a hand and a foot do
+not fix where the trunk is or how it turns (the fit places the trunk on these landmarks alone), and a
+detection on an occluded frame that sees no trunk is often a wrong one (both hands put on one spot)."""
+
+
+def frames_seen(usable: np.ndarray) -> np.ndarray:
+    """(T,) bool: frames whose (T, 33) landmark weights (> 0: usable) fix the body, as
+    :data:`MIN_KEYPOINTS_PER_FRAME` and :data:`MIN_TORSO_KEYPOINTS` say; the others are placed from
+    their neighbours."""
+    usable = np.asarray(usable) > 0
+    return (usable.sum(axis=1) >= MIN_KEYPOINTS_PER_FRAME) & (
+        usable[:, list(TORSO_LANDMARKS)].sum(axis=1) >= MIN_TORSO_KEYPOINTS)
 
 INITIAL_BODY_POSE = np.zeros(72)
 """(72,) pose the fit starts from, and the mean of its pose prior: arms relaxed at the sides (about
@@ -340,7 +353,7 @@ def initial_guess(fk: JointsFK, keypoints: np.ndarray, weights: np.ndarray, K: n
         trans[t] = hip_mid_world - pelvis - R_world[t] @ (hip_mid_rest - pelvis)
     # frames with (almost) no keypoints, e.g. where an occluder hid the person from the detector: take
     # their neighbours' placement (translation interpolated in time, orientation of the nearest frame)
-    seen = (weights > 0).sum(axis=1) >= MIN_KEYPOINTS_PER_FRAME
+    seen = frames_seen(weights)
     if seen.any() and not seen.all():
         frames, known = np.arange(T), np.flatnonzero(seen)
         for axis in range(3):
@@ -533,7 +546,7 @@ def _fit_body(body, keypoints, visibility, K, world, cfg, box_height_px, init, f
         bar.close()
 
     with torch.no_grad():
-        seen = (usable > 0).sum(axis=1) >= MIN_KEYPOINTS_PER_FRAME
+        seen = frames_seen(usable)
         if seen.any() and not seen.all():
             # frames no keypoint constrains (the detector found nobody behind an occluder): their pose
             # drifted to the prior's rest pose; take it, and the placement, from the nearest frames
