@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import revisions
+
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ["deformation", "projection", "sh", "rasterize_fwd", "losses", "backward", "optimizer", "densify", "other"]
 
@@ -199,17 +201,6 @@ def run_case(repo: Path, label: str, size: int, threads: int, args, workdir: Pat
     return result
 
 
-def worktree(rev: str, parent: Path) -> Path:
-    path = parent / f"rev_{rev.replace('/', '_')}"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", str(path), rev],
-                   check=True, capture_output=True)
-    build = subprocess.run([sys.executable, "-m", "occfusion_core.render.backends.cpp", "--build"], cwd=path,
-                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(path)))
-    if build.returncode != 0:
-        print(f"note: the C++ extension of {rev} did not build; its runs use what 'auto' finds\n{build.stderr[-500:]}")
-    return path
-
-
 def fmt(v) -> str:
     return "-" if v is None else f"{v:7.2f}"
 
@@ -245,7 +236,7 @@ def main() -> None:
         tmp = Path(tmp)
         repos = [("this", ROOT)]
         if args.against:
-            repos.append((args.against, worktree(args.against, tmp)))
+            repos.append((args.against, revisions.checkout(args.against, tmp)))
         try:
             for backend in args.backends:
                 args.backend = backend
@@ -262,8 +253,7 @@ def main() -> None:
                                   flush=True)
         finally:
             if args.against:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(repos[1][1])],
-                               capture_output=True)
+                revisions.remove(repos[1][1])
 
     print("\nms per stage-1 iteration (median)")
     header = f"{'revision':>10} {'size':>5} {'thr':>3} {'backend':>7} {'N':>6} " \

@@ -14,11 +14,17 @@ Usage:
     .venv/bin/python bench/rasterizer.py                 # N in {2k, 10k, 50k} x {128, 256, 512}^2
     .venv/bin/python bench/rasterizer.py --quick         # N=10k at 256^2 only, 3 repeats
     .venv/bin/python bench/rasterizer.py --backends cpp torch --counts 10000 --sizes 256 --repeats 9 --threads 1
+    .venv/bin/python bench/rasterizer.py --backends cpp --no-reference --counts 10000 --sizes 256 --against main
+
+With ``--against REV`` every case also runs in a git worktree of REV, with REV's own copy of this
+script (so each revision is timed by its own code), alternating with this tree case by case; the
+table gains a "revision" column and "x REV" = REV's fwd+bwd time / this tree's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -33,6 +39,8 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+import revisions  # noqa: E402
 
 from occfusion_core.render.backends import available_backends, get_backend  # noqa: E402
 from occfusion_core.render.camera import Camera, intrinsics_from_fov, look_at  # noqa: E402
@@ -205,35 +213,47 @@ def run_case(backend: str, n_gaussians: int, size: int, repeats: int) -> dict:
     }
 
 
-def run_case_in_subprocess(backend: str, n_gaussians: int, size: int, repeats: int, threads: int | None) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--_case", backend, str(n_gaussians), str(size),
-               "--repeats", str(repeats)]
+def run_case_in_subprocess(backend: str, n_gaussians: int, size: int, repeats: int, threads: int | None,
+                           repo: Path = REPO_ROOT) -> dict:
+    """One case in a fresh process, run by ``repo``'s copy of this script on ``repo``'s code."""
+    command = [sys.executable, str(repo / "bench" / "rasterizer.py"), "--_case", backend, str(n_gaussians),
+               str(size), "--repeats", str(repeats)]
     if threads:
         command += ["--threads", str(threads)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=repo, env=dict(os.environ, PYTHONPATH=str(repo)))
     if done.returncode != 0:
         return {"backend": backend, "n": n_gaussians, "size": size, "error": done.stderr.strip().splitlines()[-1:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def format_table(results: list[dict]) -> str:
-    """Text table; "x ref" columns are the torch reference's time divided by the backend's."""
-    reference = {(r["n"], r["size"]): r for r in results if r["backend"] == REFERENCE_BACKEND and "error" not in r}
-    header = (f"{'backend':<8} {'device':<6} {'N':>7} {'size':>5} {'visible':>8} {'fwd ms':>9} {'fwd+bwd ms':>11} "
-              f"{'pix fwd ms':>11} {'pix f+b ms':>11} {'peak MiB':>9} {'fwd x ref':>10} {'f+b x ref':>10}")
+def format_table(results: list[dict], against: str | None = None) -> str:
+    """Text table; "x ref" columns are the torch reference's time divided by the backend's (same
+    revision); with ``against``, "x REV" is REV's fwd+bwd time divided by this tree's."""
+    def key(r):
+        return r.get("revision", "this"), r["n"], r["size"]
+
+    reference = {key(r): r for r in results if r["backend"] == REFERENCE_BACKEND and "error" not in r}
+    timed = {(key(r), r["backend"]): r for r in results if "error" not in r}
+    against_col = f" {'x ' + against:>10}" if against else ""
+    header = (f"{'revision':<10} {'backend':<8} {'device':<6} {'N':>7} {'size':>5} {'visible':>8} {'fwd ms':>9} "
+              f"{'fwd+bwd ms':>11} {'pix fwd ms':>11} {'pix f+b ms':>11} {'peak MiB':>9} {'fwd x ref':>10} "
+              f"{'f+b x ref':>10}" + against_col)
     lines = [header, "-" * len(header)]
     for r in results:
+        revision = r.get("revision", "this")
         if "error" in r:
-            lines.append(f"{r['backend']:<8} {'':<6} {r['n']:>7} {r['size']:>5}  failed: {' '.join(r['error'])}")
+            lines.append(f"{revision:<10} {r['backend']:<8} {'':<6} {r['n']:>7} {r['size']:>5}  failed: "
+                         f"{' '.join(r['error'])}")
             continue
-        ref = reference.get((r["n"], r["size"]))
+        ref = reference.get(key(r))
         fwd_ratio = f"{ref['fwd_ms'] / r['fwd_ms']:.1f}" if ref else "-"
         fb_ratio = f"{ref['fwd_bwd_ms'] / r['fwd_bwd_ms']:.1f}" if ref else "-"
+        other = timed.get(((against, r["n"], r["size"]), r["backend"])) if against and revision == "this" else None
+        speedup = (f" {other['fwd_bwd_ms'] / r['fwd_bwd_ms']:>9.2f}x" if other else f" {'':>10}") if against else ""
         lines.append(
-            f"{r['backend']:<8} {r['device']:<6} {r['n']:>7} {r['size']:>5} {r['visible']:>8} {r['fwd_ms']:>9.1f} "
-            f"{r['fwd_bwd_ms']:>11.1f} {r['pixels_fwd_ms']:>11.1f} {r['pixels_fwd_bwd_ms']:>11.1f} "
-            f"{r['peak_mib']:>9.1f} "
-            f"{fwd_ratio:>10} {fb_ratio:>10}"
+            f"{revision:<10} {r['backend']:<8} {r['device']:<6} {r['n']:>7} {r['size']:>5} {r['visible']:>8} "
+            f"{r['fwd_ms']:>9.1f} {r['fwd_bwd_ms']:>11.1f} {r['pixels_fwd_ms']:>11.1f} {r['pixels_fwd_bwd_ms']:>11.1f} "
+            f"{r['peak_mib']:>9.1f} {fwd_ratio:>10} {fb_ratio:>10}" + speedup
         )
     return "\n".join(lines)
 
@@ -250,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-reference", action="store_true",
                         help="do not add the torch reference (no ratios); for sizes where it takes minutes")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    parser.add_argument("--against", help="a git revision timed side by side, case by case (e.g. main, HEAD~3)")
     parser.add_argument("--_case", nargs=3, metavar=("BACKEND", "N", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -286,12 +307,18 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
           f"median of {args.repeats} after 1 warm-up")
     results = []
-    for size in args.sizes:
-        for n_gaussians in args.counts:
-            for backend in backends:
-                results.append(run_case_in_subprocess(backend, n_gaussians, size, args.repeats, args.threads))
-                print(f"  done: {json.dumps(results[-1])}", file=sys.stderr, flush=True)
-    print(format_table(results))
+    with contextlib.ExitStack() as stack:
+        repos = [("this", REPO_ROOT)]
+        if args.against:
+            repos.append((args.against, stack.enter_context(revisions.worktree(args.against))))
+        for size in args.sizes:
+            for n_gaussians in args.counts:
+                for backend in backends:
+                    for label, repo in repos:  # alternate revisions case by case
+                        result = run_case_in_subprocess(backend, n_gaussians, size, args.repeats, args.threads, repo)
+                        results.append(dict(result, revision=label))
+                        print(f"  done: {json.dumps(results[-1])}", file=sys.stderr, flush=True)
+    print(format_table(results, args.against))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     return 0
