@@ -151,7 +151,10 @@ def test_gradcheck_of_the_compiled_covariances():
     assert torch.autograd.gradcheck(cpp.quat_scale_to_covar, (quats, scales))
 
 
-def test_rasterize_with_quats_uses_the_compiled_covariances_and_matches_the_torch_path():
+def test_rasterize_with_quats_uses_the_compiled_covariances_and_matches_the_torch_path(monkeypatch):
+    calls = []
+    compiled = cpp.quat_scale_to_covar
+    monkeypatch.setattr(cpp, "quat_scale_to_covar", lambda q, s: calls.append(len(q)) or compiled(q, s))
     camera, means, covars, sh, _ = scene(300, torch.float64, seed=4, turned=False)
     camera = camera.to("cpu", torch.float64)
     gen = torch.Generator().manual_seed(9)
@@ -164,5 +167,6 @@ def test_rasterize_with_quats_uses_the_compiled_covariances_and_matches_the_torc
         leaves = [t.clone().requires_grad_() for t in (quats, scales)]
         out = rasterize(means, opacities, camera, quats=leaves[0], scales=leaves[1], colors=colors, backend=backend)
         outs[backend] = (out.rgb, *torch.autograd.grad(out.rgb.sum() + out.alpha.sum(), leaves))
+    assert calls == [300]  # the cpp backend's call, not the torch one's
     for a, b in zip(outs["cpp"], outs["torch"]):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)

@@ -20,6 +20,13 @@ namespace {
 
 constexpr int64_t kGrain = 2048;  // Gaussians per parallel chunk
 
+// Gaussian i's quaternion and scales, in double.
+template <typename scalar_t>
+inline void read_gaussian(const scalar_t* q, const scalar_t* s, int64_t i, double* qd, double* sd) {
+  for (int k = 0; k < 4; ++k) qd[k] = double(q[4 * i + k]);
+  for (int k = 0; k < 3; ++k) sd[k] = double(s[3 * i + k]);
+}
+
 void check(const at::Tensor& quats, const at::Tensor& scales) {
   const int64_t n = quats.dim() == 2 ? quats.size(0) : -1;
   TORCH_CHECK(quats.dim() == 2 && quats.size(1) == 4, "covar_cpu: quats must be (N, 4), got ", quats.sizes());
@@ -40,9 +47,8 @@ at::Tensor covar_forward(const at::Tensor& quats, const at::Tensor& scales) {
     scalar_t* out = covars.data_ptr<scalar_t>();
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        const double qd[4] = {double(q[4 * i]), double(q[4 * i + 1]), double(q[4 * i + 2]), double(q[4 * i + 3])};
-        const double sd[3] = {double(s[3 * i]), double(s[3 * i + 1]), double(s[3 * i + 2])};
-        double R[9], qn[4], M[9], cov[9];
+        double qd[4], sd[3], R[9], qn[4], M[9], cov[9];
+        read_gaussian(q, s, i, qd, sd);
         quat_rotation(qd, R, qn);
         rotation_scale_covariance(R, sd, M, cov);
         for (int e = 0; e < 9; ++e) out[9 * i + e] = scalar_t(cov[e]);
@@ -65,11 +71,10 @@ std::vector<at::Tensor> covar_backward(const at::Tensor& quats, const at::Tensor
     scalar_t *oq = g_quats.data_ptr<scalar_t>(), *os = g_scales.data_ptr<scalar_t>();
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        const double qd[4] = {double(q[4 * i]), double(q[4 * i + 1]), double(q[4 * i + 2]), double(q[4 * i + 3])};
-        const double sd[3] = {double(s[3 * i]), double(s[3 * i + 1]), double(s[3 * i + 2])};
-        double R[9], qn[4], M[9], cov[9], g_cov[9], g_R[9], g_scale[3], g_q[4];
+        double qd[4], sd[3], R[9], qn[4], M[9], g_cov[9], g_R[9], g_scale[3], g_q[4];
+        read_gaussian(q, s, i, qd, sd);
         const double qnorm = quat_rotation(qd, R, qn);
-        rotation_scale_covariance(R, sd, M, cov);
+        scaled_rotation(R, sd, M);
         for (int e = 0; e < 9; ++e) g_cov[e] = double(g[9 * i + e]);
         rotation_scale_covariance_backward(R, M, sd, g_cov, g_R, g_scale);
         quat_rotation_backward(qn, qnorm, g_R, g_q);

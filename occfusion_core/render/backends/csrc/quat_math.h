@@ -42,9 +42,14 @@ inline void quat_rotation_backward(const double* qn, double qnorm, const double*
 
 // Sigma = M M^T with M = R diag(scale): the covariance of a Gaussian with rotation R and standard
 // deviations `scale` (row-major M and Sigma).
-inline void rotation_scale_covariance(const double* R, const double* scale, double* M, double* cov) {
+// M = R diag(scale): the rotation's columns scaled (what the backward needs of the forward).
+inline void scaled_rotation(const double* R, const double* scale, double* M) {
   for (int r = 0; r < 3; ++r)
     for (int c = 0; c < 3; ++c) M[3 * r + c] = R[3 * r + c] * scale[c];
+}
+
+inline void rotation_scale_covariance(const double* R, const double* scale, double* M, double* cov) {
+  scaled_rotation(R, scale, M);
   for (int r = 0; r < 3; ++r)
     for (int c = 0; c < 3; ++c) cov[3 * r + c] = M[3 * r] * M[3 * c] + M[3 * r + 1] * M[3 * c + 1] + M[3 * r + 2] * M[3 * c + 2];
 }
