@@ -21,7 +21,7 @@ shape (10,) shared by all frames. Objective:
   MediaPipe's hips and shoulders are defined differently from SMPL's joints and its bone lengths are
   its own;
 - pose prior: a quadratic pull of every joint angle towards a relaxed standing pose
-  (:data:`INITIAL_BODY_POSE`: arms down, elbows and knees slightly bent; stiffer for the joints no
+  (:data:`RELAXED_BODY_POSE`: arms down, elbows and knees slightly bent; stiffer for the joints no
   keypoint sees: spine, collars, neck, hands, toes) plus soft per-joint angle limits (no knee or elbow
   hyper-extension, bounded spine, neck and wrist angles) -- no learned prior (VPoser) is available;
 - shape prior ||betas||^2; temporal smoothness of joint rotations and of the translation.
@@ -78,16 +78,16 @@ def frames_seen(usable: np.ndarray) -> np.ndarray:
     return (usable.sum(axis=1) >= MIN_KEYPOINTS_PER_FRAME) & (
         usable[:, list(TORSO_LANDMARKS)].sum(axis=1) >= MIN_TORSO_KEYPOINTS)
 
-INITIAL_BODY_POSE = np.zeros(72)
+RELAXED_BODY_POSE = np.zeros(72)
 """(72,) pose the fit starts from, and the mean of its pose prior: arms relaxed at the sides (about
 20 degrees out from the body), elbows and knees slightly bent. A limb no keypoint sees (behind an
 occluder, or dropped by the detector) keeps this pose: with SMPL's T-pose there, hidden arms stood
 straight out sideways (on an occluded real clip, across the wall in most frames). The bends matter
 too: from a straight limb, the twist that turns a bend towards a keypoint has no gradient (a forearm
 raised above a horizontal upper arm would stay stuck straight)."""
-INITIAL_BODY_POSE[[50, 53]] = (-1.2, 1.2)  # left / right shoulder, about z: arms down from the T-pose
-INITIAL_BODY_POSE[[55, 58]] = (-0.35, 0.35)  # left / right elbow flexion (about y)
-INITIAL_BODY_POSE[[12, 15]] = 0.15  # knee flexion (about x)
+RELAXED_BODY_POSE[[50, 53]] = (-1.2, 1.2)  # left / right shoulder, about z: arms down from the T-pose
+RELAXED_BODY_POSE[[55, 58]] = (-0.35, 0.35)  # left / right elbow flexion (about y)
+RELAXED_BODY_POSE[[12, 15]] = 0.15  # knee flexion (about x)
 REFERENCE_FRAME_INTERVAL_S = 1.0 / 30.0
 """Frame interval the smoothness weights of :class:`FitConfig` are meant for."""
 
@@ -459,7 +459,7 @@ def _fit_body(body, keypoints, visibility, K, world, cfg, box_height_px, init, f
     low = torch.as_tensor(JOINT_LIMITS_LOW[1:], **f32)
     high = torch.as_tensor(JOINT_LIMITS_HIGH[1:], **f32)
     pull = torch.as_tensor(POSE_PULL_WEIGHTS[1:], **f32)
-    prior_mean = torch.as_tensor(INITIAL_BODY_POSE[3:].reshape(23, 3), **f32)
+    prior_mean = torch.as_tensor(RELAXED_BODY_POSE[3:].reshape(23, 3), **f32)
     bones = torch.as_tensor(BONES, **f32)
     if world is not None:
         world_t = torch.as_tensor(np.asarray(world), **f32)
@@ -468,7 +468,7 @@ def _fit_body(body, keypoints, visibility, K, world, cfg, box_height_px, init, f
         bone_w = bone_w * (world_bones.norm(dim=-1) > 1e-4)
         world_dirs = torch.nn.functional.normalize(world_bones, dim=-1)
 
-    pose0, betas0 = np.tile(INITIAL_BODY_POSE[3:], (T, 1)), np.zeros(10)
+    pose0, betas0 = np.tile(RELAXED_BODY_POSE[3:], (T, 1)), np.zeros(10)
     if init is not None:
         pose0, betas0, trans0 = init[0][:, 3:], init[1], init[2]
         orient0 = init[0][:, :3]
@@ -549,7 +549,7 @@ def _fit_body(body, keypoints, visibility, K, world, cfg, box_height_px, init, f
         seen = frames_seen(usable)
         if seen.any() and not seen.all():
             # frames no keypoint constrains (the detector found nobody behind an occluder): their pose
-            # drifted to the prior's rest pose; take it, and the placement, from the nearest frames
+            # drifted to the prior's relaxed pose; take it, and the placement, from the nearest frames
             # that have keypoints, interpolated in time
             filled = _interpolate_unseen(torch.cat([global_orient, body_pose, trans], 1).double().numpy(), seen)
             global_orient.copy_(torch.as_tensor(filled[:, :3]))
