@@ -110,14 +110,17 @@ def test_knn_exclude_self_and_init_scales():
 
 def test_cached_nearest_vertex_stays_exact_as_gaussians_move(make_model):
     """The nearest-vertex cache searches again only where a Gaussian moved past its margin, and its
-    answer is always the exact nearest vertex: small steps (most kept), large jumps (searched)."""
+    answer is always the exact nearest vertex: small steps (most kept), large jumps (searched),
+    Gaussians drifting centimetres off the body (the wider neighbourhood) and far off it (all)."""
     model = make_model()
     gen = torch.Generator().manual_seed(0)
     assert torch.equal(model.cached_nearest_vertex(), model.nearest_vertex(model.xyz))
-    for step in (1e-4, 1e-3, 5e-3, 2e-2, 1e-4):
+    for step in (1e-4, 1e-3, 5e-3, 2e-2, 1e-4, 6e-2, 1e-3, 0.3, 1e-3):
         with torch.no_grad():
             model.xyz.add_(step * torch.randn(model.xyz.shape, generator=gen))
         assert torch.equal(model.cached_nearest_vertex(), model.nearest_vertex(model.xyz)), step
+    # the two neighbourhood tiers the steps above reach (a 16-vertex one, then a 128-vertex one)
+    assert [n.shape[1] for n, _ in model._vertex_neighbourhoods()] == [17, 129]
 
 def test_pose_refiner_starts_near_identity_and_layers():
     refiner = BodyPoseRefiner()

@@ -215,8 +215,10 @@ class HumanGaussians(nn.Module):
         e < (d2 - d1) / 2; only Gaussians past that margin are searched again. The search looks at
         the old nearest vertex v and its K nearest vertices first: the new nearest v' has
         |v - v'| <= 2 |x - v|, and the second-nearest s has |v - s| <= |x - v| + |x - s|, so when that
-        bound is below the distance to v's K-th neighbour both are among them; the rest are searched
-        among all vertices. The answer is always exact (ties: the lower index, as :func:`knn`).
+        bound is below the distance to v's K-th neighbour both are among them. Gaussians that stand
+        further off the body (clothing, hair, split Gaussians drifting) try a wider neighbourhood
+        next, and only the rest are searched among all vertices. The answer is always exact (ties:
+        the lower index, as :func:`knn`).
         """
         xyz = self.xyz.detach()
         cache = getattr(self, "_nearest_cache", None)
@@ -230,37 +232,51 @@ class HumanGaussians(nn.Module):
         if stale.numel() == 0:
             return nearest
         points = xyz[stale]
-        neighbours, reach = self._vertex_neighbourhoods()
-        around = neighbours[nearest[stale]]  # (M, K + 1) candidates, sorted by index
-        d2 = (points[:, None] - self.big_pose_vertices[around]).square().sum(-1)
-        d2, order = torch.sort(d2, dim=1, stable=True)
-        best = torch.gather(around, 1, order[:, :2])
-        d_old = (points - self.big_pose_vertices[nearest[stale]]).norm(dim=-1)
-        inside = d_old + d2[:, 1].sqrt() < reach[nearest[stale]]
-        new_nearest, first, second = best[:, 0].clone(), d2[:, 0].sqrt(), d2[:, 1].sqrt()
-        outside = torch.nonzero(~inside)[:, 0]
-        if outside.numel():
-            full_d2, full_idx = knn(points[outside], self.big_pose_vertices, 2)
-            new_nearest[outside] = full_idx[:, 0]
-            first[outside], second[outside] = full_d2[:, 0].sqrt(), full_d2[:, 1].sqrt()
+        old = nearest[stale]
+        d_old = (points - self.big_pose_vertices[old]).norm(dim=-1)
+        new_nearest = torch.empty_like(old)
+        first, second = torch.empty_like(d_old), torch.empty_like(d_old)
+        todo = torch.arange(stale.numel(), device=xyz.device)  # rows of ``points`` not yet settled
+        for neighbours, reach in self._vertex_neighbourhoods():
+            if todo.numel() == 0:
+                break
+            around = neighbours[old[todo]]  # (M, K + 1) candidates, sorted by index
+            d2 = (points[todo, None] - self.big_pose_vertices[around]).square().sum(-1)
+            # the two smallest, ties to the first (lower index): argmin twice, cheaper than a sort
+            rows = torch.arange(d2.shape[0], device=d2.device)
+            at1 = d2.argmin(dim=1)
+            d1 = d2[rows, at1]
+            d2[rows, at1] = float("inf")
+            d2nd = d2.min(dim=1).values
+            inside = d_old[todo] + d2nd.sqrt() < reach[old[todo]]
+            settled = todo[inside]
+            new_nearest[settled] = around[rows, at1][inside]
+            first[settled], second[settled] = d1[inside].sqrt(), d2nd[inside].sqrt()
+            todo = todo[~inside]
+        if todo.numel():
+            full_d2, full_idx = knn(points[todo], self.big_pose_vertices, 2)
+            new_nearest[todo] = full_idx[:, 0]
+            first[todo], second[todo] = full_d2[:, 0].sqrt(), full_d2[:, 1].sqrt()
         snapshot[stale] = points
         nearest[stale] = new_nearest
         margin[stale] = 0.5 * (second - first)
         return nearest
 
-    NEIGHBOURHOOD_SIZE = 16
-    """Vertices around a Gaussian's last nearest vertex that :meth:`cached_nearest_vertex` looks at first."""
+    NEIGHBOURHOOD_SIZES = (16, 128)
+    """Vertices around a Gaussian's last nearest vertex that :meth:`cached_nearest_vertex` looks at,
+    nearest tier first (16 covers Gaussians on the body, 128 those a few centimetres off it)."""
 
-    def _vertex_neighbourhoods(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(V, K + 1) each vertex and its K nearest vertices, sorted by index; (V,) the distance to
-        the K-th (computed once per body)."""
+    def _vertex_neighbourhoods(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per tier: (V, K + 1) each vertex and its K nearest vertices, sorted by index, and (V,) the
+        distance to the K-th (computed once per body)."""
         cached = getattr(self, "_neighbourhoods", None)
         vertices = self.big_pose_vertices
-        if cached is None or cached[0].device != vertices.device:
-            k = min(self.NEIGHBOURHOOD_SIZE, vertices.shape[0] - 1)
-            dist2, idx = knn(vertices, vertices, k, exclude_self=True)
+        if cached is None or cached[0][0].device != vertices.device:
             own = torch.arange(vertices.shape[0], device=vertices.device)[:, None]
-            self._neighbourhoods = (torch.cat([own, idx], dim=1).sort(dim=1).values, dist2[:, -1].sqrt())
+            sizes = sorted({min(k, vertices.shape[0] - 1) for k in self.NEIGHBOURHOOD_SIZES})
+            dist2, idx = knn(vertices, vertices, sizes[-1], exclude_self=True)
+            self._neighbourhoods = [(torch.cat([own, idx[:, :k]], dim=1).sort(dim=1).values, dist2[:, k - 1].sqrt())
+                                    for k in sizes]
         return self._neighbourhoods
 
     def skinning_weights(self, nearest: torch.Tensor) -> torch.Tensor:
