@@ -22,25 +22,34 @@ def gaussian_window_1d(size: int = 11, sigma: float = 1.5, device=None, dtype=to
     return g / g.sum()
 
 
-def ssim_map(img1: torch.Tensor, img2: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def ssim_map(img1: torch.Tensor, img2: torch.Tensor, window: int = 11, sigma: float = 1.5,
+             padding: str = "zeros") -> torch.Tensor:
     """Per-pixel SSIM of (B, C, H, W) images in [0, 1] -> (B, C, H, W).
 
-    Gaussian window 11x11, sigma 1.5, C1 = 0.01^2, C2 = 0.03^2, zero padding: the 3DGS/GauHuman loss
-    SSIM. (torchmetrics' SSIM crops the border instead of returning a full-size map, which a
-    pixel-masked mean needs; tests hold this one to torchmetrics on the interior and to the 2D
-    convolution everywhere.) The five local means are one pass of the separable window (a row
-    then a column convolution over the five maps stacked as channels): the same sums as the 11x11
-    convolution, about five times fewer operations.
+    Gaussian window 11x11, sigma 1.5, C1 = 0.01^2, C2 = 0.03^2. ``padding="zeros"``: the 3DGS/GauHuman
+    loss SSIM. ``padding="reflect"``: torchmetrics' SSIM map (reflected border, variances clamped at
+    0), whose mean is ``torchmetrics.functional.image.structural_similarity_index_measure``; the
+    metrics use it so that a metrics job need not import torchmetrics (2 s: it imports transformers).
+    Tests hold both to an 11x11 2D convolution and the reflect map to torchmetrics. The five local
+    means are one pass of the separable window (a row then a column convolution over the five maps
+    stacked as channels): the same sums as the 11x11 convolution, about five times fewer operations.
     """
+    if padding not in ("zeros", "reflect"):
+        raise ValueError(f"ssim_map padding must be 'zeros' or 'reflect', got {padding!r}")
     b, c, h, w = img1.shape
     g = gaussian_window_1d(window, sigma, img1.device, img1.dtype)
     pad = window // 2
     maps = torch.cat([img1, img2, img1 * img1, img2 * img2, img1 * img2], dim=1)  # (B, 5C, H, W)
+    if padding == "reflect":
+        # torchmetrics reflects the images, then squares: the same as reflecting the squares
+        maps, pad = F.pad(maps, (pad, pad, pad, pad), mode="reflect"), 0
     rows = F.conv2d(maps, g.view(1, 1, 1, window).expand(5 * c, 1, 1, window), padding=(0, pad), groups=5 * c)
     means = F.conv2d(rows, g.view(1, 1, window, 1).expand(5 * c, 1, window, 1), padding=(pad, 0), groups=5 * c)
     mu1, mu2, e11, e22, e12 = means.split(c, dim=1)
     mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
     s1, s2, s12 = e11 - mu1_sq, e22 - mu2_sq, e12 - mu12
+    if padding == "reflect":
+        s1, s2 = s1.clamp_min(0.0), s2.clamp_min(0.0)
     c1, c2 = 0.01**2, 0.03**2
     return ((2 * mu12 + c1) * (2 * s12 + c2)) / ((mu1_sq + mu2_sq + c1) * (s1 + s2 + c2))
 

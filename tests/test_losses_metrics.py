@@ -13,14 +13,24 @@ from occfusion_core.render.camera import Camera, look_at
 from occfusion_core.stages.metrics import psnr, ssim_full, ssim_masked
 
 
-def test_ssim_map_matches_torchmetrics_away_from_the_border():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reflect_ssim_map_is_torchmetrics_ssim(dtype):
+    """The metrics' SSIM (mean of the reflect-padded map) is torchmetrics' number, to rounding."""
     g = torch.Generator().manual_seed(0)
-    a = torch.rand(1, 3, 48, 40, generator=g)
-    b = (a + 0.1 * torch.randn(1, 3, 48, 40, generator=g)).clamp(0, 1)
-    ours = ssim_map(a, b)[..., 5:-5, 5:-5].mean()
-    ref = tm_ssim(a, b, data_range=1.0, kernel_size=11, sigma=1.5)
-    assert abs(float(ours) - float(ref)) < 2e-3
+    a = torch.rand(2, 3, 48, 40, generator=g).to(dtype)
+    b = (a + 0.1 * torch.randn(2, 3, 48, 40, generator=g).to(dtype)).clamp(0, 1)
+    b[1, :, :10] = a[1, :, :10]  # flat-error and zero-variance patches
+    b[1, :, 20:30, 5:15] = 0.5
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    for i in range(2):
+        ours = ssim_map(a[i:i + 1], b[i:i + 1], padding="reflect").mean()
+        ref = tm_ssim(a[i:i + 1], b[i:i + 1], data_range=1.0, gaussian_kernel=True, kernel_size=11, sigma=1.5)
+        assert abs(float(ours) - float(ref)) < tol
+    assert ssim_full(a[0].permute(1, 2, 0).numpy(), b[0].permute(1, 2, 0).numpy()) == pytest.approx(
+        float(tm_ssim(a[:1].float(), b[:1].float(), data_range=1.0, kernel_size=11, sigma=1.5)), abs=1e-6)
     assert torch.allclose(ssim_map(a, a), torch.ones_like(a), atol=1e-4)
+    with pytest.raises(ValueError, match="padding"):
+        ssim_map(a, b, padding="circular")
 
 
 def _ssim_map_2d(img1, img2, window=11, sigma=1.5):

@@ -18,7 +18,6 @@ import math
 
 import numpy as np
 import torch
-from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
 
 from ..config import MetricsConfig
 from ..io import write_json
@@ -43,10 +42,11 @@ def psnr(pred: np.ndarray | torch.Tensor, gt, mask=None) -> float:
 
 
 def ssim_full(pred, gt) -> float:
-    """torchmetrics SSIM (Gaussian 11x11, sigma 1.5, data range 1) of (H, W, 3) images."""
+    """torchmetrics' SSIM (Gaussian 11x11, sigma 1.5, data range 1, reflected border) of (H, W, 3)
+    images, as the mean of :func:`ssim_map` with ``padding="reflect"`` (tests hold the two equal)."""
     p = torch.as_tensor(pred, dtype=torch.float32).permute(2, 0, 1)[None]
     g = torch.as_tensor(gt, dtype=torch.float32).permute(2, 0, 1)[None]
-    return float(tm_ssim(p, g, data_range=1.0, gaussian_kernel=True, kernel_size=11, sigma=1.5))
+    return float(ssim_map(p, g, padding="reflect").mean())
 
 
 def ssim_masked(pred, gt, mask) -> float:
@@ -138,7 +138,8 @@ def compute_metrics(data_dir, model_path, body_model_path, cfg: MetricsConfig, o
         + (" with pixels outside the projected body box set to background" if cfg.crop_to_body_box else ""),
         "ground_truth": f"held-out frame composited on {bg_name} outside the true person mask",
         "render_background": bg_name, "psnr": "per image, mean over images",
-        "ssim": "torchmetrics SSIM, Gaussian 11x11 sigma 1.5, whole image", "lpips": lpips_desc})
+        "ssim": "SSIM as torchmetrics computes it (Gaussian 11x11 sigma 1.5, reflected border), whole image",
+        "lpips": lpips_desc})
     def on_training_frames(pixels: str, ground_truth: str, frames: str, mask: str) -> _Scores:
         return _Scores({
             "views": "training camera", "pixels": pixels, "ground_truth": ground_truth, "render_background": bg_name,
