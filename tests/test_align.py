@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from occfusion_core.body.align import align_to_evidence, anchor_frames, cross_gaps, detection_runs
+from occfusion_core.body.align import _nearest_points, align_to_evidence, anchor_frames, cross_gaps, detection_runs
 from occfusion_core.body.configs import BodyAlignConfig
 from occfusion_core.config import SyntheticConfig
 from occfusion_core.data.sequence import read_sequence
@@ -83,3 +83,18 @@ def test_a_lone_detection_inside_a_gap_does_not_anchor_it():
     detected = np.array([1, 1, 1, 0, 0, 1, 0, 0, 1, 1, 1], bool)
     assert np.array_equal(anchor_frames(detected, 3), np.array([1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1], bool))
     assert np.array_equal(anchor_frames(detected, 1), detected)
+
+
+def test_nearest_points_is_the_brute_force_nearest():
+    """The k-d tree assignment of cover samples to projected vertices: per frame, each query's
+    point is at the smallest distance (float64 brute force; ties may pick either)."""
+    g = torch.Generator().manual_seed(0)
+    queries = torch.rand(4, 60, 2, generator=g) * 100
+    points = torch.rand(4, 500, 2, generator=g) * 100
+    points[2, 7] = queries[2, 3]  # an exact hit
+    nearest = _nearest_points(queries, points)
+    assert nearest.shape == (4, 60) and nearest.dtype == torch.long
+    d = torch.cdist(queries.double(), points.double())
+    chosen = torch.gather(d, 2, nearest[..., None])[..., 0]
+    torch.testing.assert_close(chosen, d.min(dim=-1).values, rtol=0, atol=1e-12)
+    assert nearest[2, 3] == 7
