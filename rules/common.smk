@@ -248,9 +248,18 @@ def animate_motions(subject, variant):
     return motions
 
 
+def avatar_pairs():
+    """(subject, variant) pairs whose avatar is for use, animated and exported by default: not the
+    ceiling or the control, which train on ground truth no user has and exist to be measured against
+    (`snakemake results/S/ceiling/export` still makes theirs)."""
+    return [(s, v) for s, v in subject_variant_pairs() if variant_role(v) not in ("ceiling", "control")]
+
+
 def animate_targets():
-    """Animate folders of every subject x variant that lists motions (checks every motion list)."""
-    return [f"results/{s}/{v}/animate" for s, v in subject_variant_pairs() if animate_motions(s, v)]
+    """Animate folders of every avatar pair that lists motions (checks every motion list)."""
+    for s, v in subject_variant_pairs():
+        animate_motions(s, v)
+    return [f"results/{s}/{v}/animate" for s, v in avatar_pairs() if animate_motions(s, v)]
 
 
 def all_targets():
@@ -258,7 +267,7 @@ def all_targets():
     targets += [f"results/{s}/overlay.mp4" for s in SUBJECTS]
     targets += [f"results/{s}/{v}/renders" for s, v in subject_variant_pairs()]
     targets += animate_targets()
-    targets += [f"results/{s}/{v}/export" for s, v in subject_variant_pairs()]
+    targets += [f"results/{s}/{v}/export" for s, v in avatar_pairs()]
     return targets
 
 
