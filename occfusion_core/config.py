@@ -235,13 +235,15 @@ class OptimizeConfig:
     """Learn per-frame joint-rotation corrections from the body pose (GauHuman)."""
     lbs_offsets: bool = True
     """Learn skinning-weight offsets on top of nearest-vertex weights (GauHuman)."""
-    lbs_offset_every: int = 4
+    lbs_offset_every: int = 8
     """Run the skinning-offset decoder (and let it learn) every this many iterations; between, its
     last offsets are reused. The decoder costs about 70k multiply-adds per Gaussian forward and twice
     that backward, the largest single part of a CPU iteration, while its output moves by at most
     about lr_lbs_offset per step. 1: every iteration (GauHuman). Measured on the synthetic subject
     (128 px, 1200 iterations, one thread): held-out 19.72 / 19.73 / 19.73 dB for 1 / 4 / no decoder,
-    stage 1 in 84 / 53 / 43 s (``bench/stage1_quality.py --set lbs_offset_every=4``)."""
+    stage 1 in 84 / 53 / 43 s (``bench/stage1_quality.py --set lbs_offset_every=4``). On the demo's
+    data an iteration that runs it took 45 ms against 19 ms (3.4k Gaussians), and in stage 3 (up to
+    13k Gaussians) four times that: at 8 the decoder is a sixth of a CPU iteration's time, not a quarter."""
     background: list = field(default_factory=lambda: [1.0, 1.0, 1.0])
     """Background colour (RGB in [0, 1]); the paper trains on white."""
     checkpoint_every: int = 200
