@@ -144,8 +144,9 @@ def core_code(*modules):
 
 
 SUBJECT_DATA_PRIORITY = 2 * len(STAGE_ORDER)
-"""Priority of a subject's data jobs (prepare, validate): every job of the subject waits for them,
-so each subject starts as early as it can and subjects run side by side (above every training job)."""
+"""Priority of a subject's data jobs (prepare, validate, and the ceiling's unoccluded frames): training
+waits for them, so each subject starts as early as it can and subjects run side by side (above every
+training job: Snakemake does not pass a job's priority on to the jobs it waits for)."""
 
 
 def training_stages_after(stage):

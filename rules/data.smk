@@ -100,6 +100,7 @@ rule unoccluded_data:
         "results/benchmarks/unoccluded_data/{subject}.tsv"
     conda:
         "../envs/core.yaml"
+    priority: SUBJECT_DATA_PRIORITY
     resources:
         mem_mb=2000,
         runtime=10,
