@@ -98,9 +98,9 @@ rule unoccluded_data:
         "results/logs/unoccluded_data/{subject}.log",
     benchmark:
         "results/benchmarks/unoccluded_data/{subject}.tsv"
+    priority: SUBJECT_DATA_PRIORITY
     conda:
         "../envs/core.yaml"
-    priority: SUBJECT_DATA_PRIORITY
     resources:
         mem_mb=2000,
         runtime=10,
