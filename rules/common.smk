@@ -52,6 +52,10 @@ for _variant in VARIANTS:
         )
 
 
+REFERENCE_ROLES = ("ceiling", "control")
+"""Roles of the rows that train on ground truth (unoccluded frames, true masks) to be measured against."""
+
+
 def variant_role(variant):
     """'method', 'baseline', 'ceiling' or 'control' (see the schema)."""
     return VARIANTS[variant].get("role", "method")
@@ -61,7 +65,7 @@ def variant_needs_ground_truth(variant):
     """Ceilings and controls use what only a benchmark has (unoccluded frames, true masks)."""
     spec = VARIANTS[variant]
     return (
-        variant_role(variant) in ("ceiling", "control")
+        variant_role(variant) in REFERENCE_ROLES
         or spec.get("training_frames") == "unoccluded"
         or stage_config("optimize", variant).get("mask_source") == "ground_truth"
     )
@@ -155,11 +159,12 @@ def training_stages_after(stage):
     then outranks a one-stage variant's training, and all training outranks the evaluation jobs
     (render, metrics, animate, export: priority 0). Otherwise a free core may pick a 4-second render,
     or a one-stage variant's training, before stage 3, whose 2 minutes then run alone at the end on
-    a machine with an idle core (measured: the demo 20 s longer)."""
+    a machine with an idle core (seen in a fresh-clone demo: a one-stage training ran alone for 78 s
+    at the end)."""
 
     def priority(wildcards):
         stages = variant_stages(wildcards.variant)
-        return len(stages) + len(stages) - 1 - stages.index(stage) if stage in stages else 0
+        return 2 * len(stages) - 1 - stages.index(stage) if stage in stages else 0
 
     return priority
 
@@ -256,7 +261,7 @@ def avatar_pairs():
     """(subject, variant) pairs whose avatar is for use, animated and exported by default: not the
     ceiling or the control, which train on ground truth no user has and exist to be measured against
     (`snakemake results/S/ceiling/export` still makes theirs)."""
-    return [(s, v) for s, v in subject_variant_pairs() if variant_role(v) not in ("ceiling", "control")]
+    return [(s, v) for s, v in subject_variant_pairs() if variant_role(v) not in REFERENCE_ROLES]
 
 
 def animate_targets():
