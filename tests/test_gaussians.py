@@ -122,6 +122,34 @@ def test_cached_nearest_vertex_stays_exact_as_gaussians_move(make_model):
     # the two neighbourhood tiers the steps above reach (a 16-vertex one, then a 128-vertex one)
     assert [n.shape[1] for n, _ in model._vertex_neighbourhoods()] == [17, 129]
 
+
+@pytest.mark.parametrize("decoder", [True, False])
+def test_constant_skinning_weights_are_reused_only_while_they_hold(make_model, decoder):
+    """Weights that cannot change (no decoder, or its offsets held) are kept between iterations, and
+    made again when a Gaussian's nearest vertex or the held offsets change."""
+    model = make_model(lbs_offsets=decoder)
+
+    def fresh(nearest):
+        body = model.lbs_weights[nearest]
+        return body if not decoder else torch.softmax(torch.log(body + 1e-9) + model.cached_lbs_offsets, dim=-1)
+
+    first = model.skinning_weights(model.cached_nearest_vertex())
+    assert first.requires_grad == decoder  # a decoder run learns from it: never held
+    model.reuse_lbs_offsets = True
+    held = model.skinning_weights(model.cached_nearest_vertex())
+    assert model.skinning_weights(model.cached_nearest_vertex()) is held
+    torch.testing.assert_close(held, fresh(model.cached_nearest_vertex()), rtol=0, atol=0)
+    with torch.no_grad():  # move one Gaussian onto another vertex
+        model.xyz[0] = model.big_pose_vertices[100]
+    nearest = model.cached_nearest_vertex()
+    assert nearest[0] == 100
+    moved = model.skinning_weights(nearest)
+    assert moved is not held
+    torch.testing.assert_close(moved, fresh(nearest), rtol=0, atol=0)
+    if decoder:
+        model.cached_lbs_offsets = torch.randn_like(model.cached_lbs_offsets)
+        torch.testing.assert_close(model.skinning_weights(nearest), fresh(nearest), rtol=0, atol=0)
+
 def test_pose_refiner_starts_near_identity_and_layers():
     refiner = BodyPoseRefiner()
     linears = [m for m in refiner.mlp if isinstance(m, nn.Linear)]
@@ -205,6 +233,7 @@ def test_deform_at_init_lands_on_posed_body(proxy_body, make_model):
     pose, betas = random_pose(3), torch.zeros(10)
     want = proxy_body(pose[None], betas[None], torch.zeros(1, 3)).vertices[0]
     plain = make_model(pose_refiner=False, lbs_offsets=False)
+    assert not plain.has_pose_blend  # the proxy's posedirs are zeros: the product is skipped
     error = (plain.deform(pose, betas).means - want).norm(dim=-1)
     # A few proxy vertices nearly coincide in the big pose (inner thighs): those Gaussians may
     # take the skinning of the twin vertex; all others are exact.
@@ -221,6 +250,7 @@ def test_deform_at_init_lands_on_posed_body(proxy_body, make_model):
 def test_deform_shape_and_pose_blend_shapes_match_smplx():
     body = TinyBody()
     model = HumanGaussians(body, pose_refiner=False, lbs_offsets=False)
+    assert model.has_pose_blend
     for seed in range(3):
         pose, betas = random_pose(seed), torch.randn(10, generator=torch.Generator().manual_seed(9 + seed))
         trans = torch.tensor([0.3, -0.2, 2.0])

@@ -40,9 +40,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
-from smplx.lbs import batch_rigid_transform, batch_rodrigues
+from smplx.lbs import batch_rodrigues
 
 from .configs import FitConfig
+from .kinematics import rest_joint_basis, rigid_transforms
 from .landmarks import BONE_LANDMARKS, BONES, LANDMARK_FROM_JOINTS45, LANDMARK_WEIGHTS, TORSO_LANDMARKS
 from .model import BodyModel
 
@@ -149,10 +150,10 @@ class JointsFK(torch.nn.Module):
         super().__init__()
         smpl = body.smpl
         ids = smpl.vertex_joint_selector.extra_joints_idxs.long()
-        J_regressor = smpl.J_regressor
         shapedirs = smpl.shapedirs  # (V, 3, 10)
-        self.register_buffer("J_template", J_regressor @ smpl.v_template)  # (24, 3)
-        self.register_buffer("J_dirs", torch.einsum("jv,vcb->jcb", J_regressor, shapedirs))  # (24, 3, 10)
+        J_template, J_dirs = rest_joint_basis(smpl.J_regressor, smpl.v_template, shapedirs)
+        self.register_buffer("J_template", J_template)  # (24, 3)
+        self.register_buffer("J_dirs", J_dirs)  # (24, 3, 10)
         self.register_buffer("v_template", smpl.v_template[ids])  # (E, 3)
         self.register_buffer("v_dirs", shapedirs[ids])  # (E, 3, 10)
         cols = (ids[:, None] * 3 + torch.arange(3)).reshape(-1)
@@ -170,7 +171,7 @@ class JointsFK(torch.nn.Module):
         batch = poses.shape[0]
         rot = batch_rodrigues(poses.reshape(-1, 3)).reshape(batch, 24, 3, 3)
         rest_joints = self.J_template + torch.einsum("jcb,nb->njc", self.J_dirs, betas)
-        posed_joints, A = batch_rigid_transform(rot, rest_joints, self.parents, dtype=poses.dtype)
+        posed_joints, A = rigid_transforms(rot, rest_joints, self.parents)
         pose_feature = (rot[:, 1:] - torch.eye(3, dtype=poses.dtype)).reshape(batch, -1)
         v = (self.v_template + torch.einsum("ecb,nb->nec", self.v_dirs, betas)
              + (pose_feature @ self.posedirs).reshape(batch, -1, 3))

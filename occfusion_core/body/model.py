@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import smplx
 import torch
-from smplx.lbs import batch_rigid_transform, batch_rodrigues, blend_shapes, vertices2joints
+from smplx.lbs import batch_rodrigues, blend_shapes, vertices2joints
 from smplx.vertex_ids import vertex_ids as SMPLX_VERTEX_IDS
 
 from ..io import InputError
+from .kinematics import rigid_transforms
 from .proxy import JOINT_NAMES, NUM_BETAS, NUM_JOINTS, PROXY_VERSION, SMPL_PARENTS, write_proxy_smpl
 
 __all__ = ["JOINT_NAMES", "SMPL_PARENTS", "BodyOutput", "BodyModel", "load_body_model", "big_pose",
@@ -185,7 +186,7 @@ class BodyModel(torch.nn.Module):
         v_shaped = self.smpl.v_template + blend_shapes(betas, self.smpl.shapedirs)
         rest_joints = vertices2joints(self.smpl.J_regressor, v_shaped)
         rotations = batch_rodrigues(poses.reshape(-1, 3)).reshape(batch, NUM_JOINTS, 3, 3)
-        _, transforms = batch_rigid_transform(rotations, rest_joints, self.smpl.parents, dtype=poses.dtype)
+        _, transforms = rigid_transforms(rotations, rest_joints, self.smpl.parents)
         return BodyOutput(
             vertices=out.vertices,
             joints=out.joints[:, :NUM_JOINTS],

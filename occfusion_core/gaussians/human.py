@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from smplx.lbs import batch_rigid_transform, batch_rodrigues, blend_shapes, vertices2joints
+from smplx.lbs import batch_rodrigues, blend_shapes
 from torch import nn
 
+from occfusion_core.body.kinematics import rest_joint_basis, rigid_transforms
 from occfusion_core.body.model import big_pose
 from occfusion_core.config import OptimizeConfig
 from occfusion_core.gaussians.knn import init_scales, knn
@@ -117,7 +118,11 @@ class HumanGaussians(nn.Module):
         if body.posedirs.shape[-1] != num_vertices * 3:
             raise ValueError(f"posedirs must be smplx's (207, V*3), got {tuple(body.posedirs.shape)}")
         body_buffer("posedirs", body.posedirs)  # (P, V*3): pose feature (B, P) @ posedirs -> (B, V*3)
-        body_buffer("J_regressor", body.J_regressor)  # (J, V)
+        joint_template, joint_shapedirs = rest_joint_basis(body.J_regressor, v_template, body.shapedirs)
+        body_buffer("joint_template", joint_template)  # (J, 3)
+        body_buffer("joint_shapedirs", joint_shapedirs)  # (J, 3, L)
+        # The proxy body has no pose blend shapes: skip the (P, V*3) product and its gradient.
+        self.has_pose_blend = bool(body.posedirs.detach().abs().max() > 0)
         body_buffer("lbs_weights", body.lbs_weights)  # (V, J)
         # The kinematic chain is walked joint by joint in Python; keeping the parents on the CPU
         # avoids one device sync per joint.
@@ -130,7 +135,8 @@ class HumanGaussians(nn.Module):
             big_rot = batch_rodrigues(big.reshape(-1, 3)).reshape(1, -1, 3, 3)
             _, big_pose_offsets, big_transforms = self._pose_body(big_rot, zero_betas)
         body_buffer("big_pose_vertices", vertices)  # (V, 3)
-        body_buffer("big_pose_offsets", big_pose_offsets[0])  # (V, 3)
+        body_buffer("big_pose_offsets", torch.zeros_like(vertices) if big_pose_offsets is None
+                    else big_pose_offsets[0])  # (V, 3)
         body_buffer("big_pose_transforms", big_transforms[0])  # (J, 4, 4)
 
         num_sh = (self.max_sh_degree + 1) ** 2
@@ -152,6 +158,8 @@ class HumanGaussians(nn.Module):
         """Set by a trainer between refreshes: deform with the decoder's last offsets (detached)
         instead of running it (see ``OptimizeConfig.lbs_offset_every``)."""
         self._lbs_offsets: torch.Tensor | None = None
+        # (offsets they were made with, nearest vertices, (N, J) weights) while both stay constant
+        self._constant_weights: tuple | None = None
 
     # ------------------------------------------------------------------ accessors
 
@@ -287,20 +295,34 @@ class HumanGaussians(nn.Module):
         centres get no gradient through their encoding. With ``reuse_lbs_offsets`` the last ΔW is
         used as a constant (no decoder run, no gradient to it).
         """
+        cached = self._lbs_offsets
+        runs_decoder = self.lbs_offset_decoder is not None and not (
+            self.reuse_lbs_offsets and cached is not None and cached.shape[0] == self.num_gaussians)
+        if not runs_decoder:
+            # Constant weights (no decoder, or its offsets held fixed) change only with a Gaussian's
+            # nearest vertex: most iterations reuse the last ones.
+            held = self._constant_weights
+            if (held is not None and held[0] is cached and held[1].shape == nearest.shape
+                    and held[2].device == nearest.device and held[2].dtype == self.lbs_weights.dtype
+                    and torch.equal(held[1], nearest)):
+                return held[2]
         body_weights = self.lbs_weights[nearest]
         if self.lbs_offset_decoder is None:
-            return body_weights
-        cached = self._lbs_offsets
-        if self.reuse_lbs_offsets and cached is not None and cached.shape[0] == self.num_gaussians:
-            offsets = cached
+            weights = body_weights
         else:
-            offsets = self.lbs_offset_decoder(self.xyz.detach())
-            self._lbs_offsets = offsets.detach()
-        return torch.softmax(torch.log(body_weights + 1e-9) + offsets, dim=-1)
+            if runs_decoder:
+                offsets = self.lbs_offset_decoder(self.xyz.detach())
+                self._lbs_offsets = offsets.detach()
+            else:
+                offsets = cached
+            weights = torch.softmax(torch.log(body_weights + 1e-9) + offsets, dim=-1)
+        self._constant_weights = None if runs_decoder else (cached, nearest.clone(), weights)
+        return weights
 
     def forget_lbs_offsets(self) -> None:
         """Drop the cached decoder offsets (the Gaussians were replaced, e.g. by densification)."""
         self._lbs_offsets = None
+        self._constant_weights = None
 
     @property
     def cached_lbs_offsets(self) -> torch.Tensor | None:
@@ -311,6 +333,7 @@ class HumanGaussians(nn.Module):
     @cached_lbs_offsets.setter
     def cached_lbs_offsets(self, value: torch.Tensor | None) -> None:
         self._lbs_offsets = None if value is None else value.to(self.xyz.device, self.xyz.dtype)
+        self._constant_weights = None
 
     def _pose_body(self, rot_mats: torch.Tensor, betas: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -321,17 +344,21 @@ class HumanGaussians(nn.Module):
             betas: (B, num_betas).
 
         Returns:
-            shape_offsets: (B, V, 3); pose_offsets: (B, V, 3);
+            shape_offsets: (B, V, 3); pose_offsets: (B, V, 3), or None for a body without pose
+            blend shapes (the proxy);
             transforms: (B, J, 4, 4) smplx relative bone transforms (rest pose -> posed, joints of
             the β-shaped template).
         """
         batch = rot_mats.shape[0]
         shape_offsets = blend_shapes(betas, self.shapedirs)
-        joints = vertices2joints(self.J_regressor, self.v_template + shape_offsets)
-        eye = torch.eye(3, dtype=rot_mats.dtype, device=rot_mats.device)
-        pose_feature = (rot_mats[:, 1:] - eye).reshape(batch, -1)
-        pose_offsets = (pose_feature @ self.posedirs).reshape(batch, -1, 3)
-        _, transforms = batch_rigid_transform(rot_mats, joints, self.parents, dtype=rot_mats.dtype)
+        joints = self.joint_template + torch.einsum("jkl,bl->bjk", self.joint_shapedirs, betas)
+        if self.has_pose_blend:
+            eye = torch.eye(3, dtype=rot_mats.dtype, device=rot_mats.device)
+            pose_feature = (rot_mats[:, 1:] - eye).reshape(batch, -1)
+            pose_offsets = (pose_feature @ self.posedirs).reshape(batch, -1, 3)
+        else:
+            pose_offsets = None
+        _, transforms = rigid_transforms(rot_mats, joints, self.parents)
         return shape_offsets, pose_offsets, transforms
 
     def _as_batch(self, value: torch.Tensor | Any, size: int, batch: int | None) -> torch.Tensor:
@@ -395,7 +422,8 @@ class HumanGaussians(nn.Module):
             corrections = self.pose_refiner(poses[:, 3:])  # (B, J-1, 3, 3)
             rot_mats = torch.cat([rot_mats[:, :1], rot_mats[:, 1:] @ corrections], dim=1)
         shape_offsets, pose_offsets, transforms = self._pose_body(rot_mats, betas)
-        offsets = shape_offsets[:, nearest] + pose_offsets[:, nearest] - self.big_pose_offsets[nearest]
+        blend = shape_offsets if pose_offsets is None else shape_offsets + pose_offsets
+        offsets = blend[:, nearest] - self.big_pose_offsets[nearest]
         return transforms, offsets
 
     def _deform_fused(self, poses, betas, trans, nearest, weights, single: bool) -> DeformedGaussians:
