@@ -37,6 +37,47 @@ def test_corrections_start_at_the_estimate_and_round_trip():
         BodyRefinement(poses[:4], trans[:4], ["a", "b", "c", "d"], betas[:4]).restore(body.capture())
 
 
+def test_the_prior_fades_on_what_a_frame_shows():
+    """Full prior weight on a joint the frame hides, the 'seen' weight on one it shows, kept by a capture."""
+    body, *_ = _refinement(frames=2)
+    cfg = BodyRefineConfig(prior_pose=0.5, prior_pose_seen=0.01, prior_trans=50.0, prior_trans_seen=1.0)
+    with torch.no_grad():
+        body.delta_pose[0, 3 * 18] = 0.2  # left elbow of frame 0
+        body.delta_trans[1, 0] = 0.1
+    hidden = float(body.regularizer(cfg)["body_prior"])
+    assert hidden == pytest.approx((0.5 * 0.2**2) / (2 * 72) + (50.0 * 0.1**2) / (2 * 3), rel=1e-5)
+    body.seen[0, 18] = 1.0  # frame 0 shows the elbow; frame 1 shows everything
+    body.seen[1] = 1.0
+    shown = float(body.regularizer(cfg)["body_prior"])
+    assert shown == pytest.approx((0.01 * 0.2**2) / (2 * 72) + (1.0 * 0.1**2) / (2 * 3), rel=1e-5)
+    assert torch.equal(BodyRefinement.from_capture(body.capture()).seen, body.seen)
+
+
+def test_seen_share_tells_a_limb_in_view_from_one_behind_an_occluder(proxy_body):
+    """Measured on the estimate's own silhouette: everything shown; with the lower half of the
+    silhouette hidden, the legs are not and the head still is; a few pixels of error do not count."""
+    from occfusion_core.body.model import JOINT_NAMES
+    from occfusion_core.body.refine import seen_share
+    from occfusion_core.render.camera import Camera, intrinsics_from_fov, look_at
+    from occfusion_core.render.mesh import rasterize_mesh
+
+    poses, betas, trans = torch.zeros(1, 72), torch.zeros(1, 10), torch.tensor([[0.0, 0.2, 0.0]])
+    camera = Camera(K=intrinsics_from_fov(96, 96, 40.0), w2c=look_at((0.0, 0.0, 4.0), (0.0, 0.0, 0.0)),
+                    width=96, height=96)
+    silhouette = rasterize_mesh(proxy_body(poses, betas, trans).vertices[0], proxy_body.faces, camera).mask.numpy()
+    joint = {name: j for j, name in enumerate(JOINT_NAMES)}
+    full = seen_share(proxy_body, poses, betas, trans, [camera], [silhouette])[0]
+    assert full.min() > 0.95
+    shifted = seen_share(proxy_body, poses, betas, trans, [camera], [np.roll(silhouette, 2, axis=1)])[0]
+    assert shifted.min() > 0.95  # 2 px of error: still in view
+    rows = np.nonzero(silhouette.any(1))[0]
+    upper = silhouette.copy()
+    upper[(rows[0] + rows[-1]) // 2:] = False  # an occluder over the lower half
+    half = seen_share(proxy_body, poses, betas, trans, [camera], [upper])[0]
+    assert half[joint["left_ankle"]] < 0.05 and half[joint["right_foot"]] < 0.05 and half[joint["head"]] > 0.95
+    assert seen_share(proxy_body, poses, betas, trans, [camera], [np.zeros_like(silhouette)]).abs().max() == 0
+
+
 def test_smoothness_ignores_a_steady_turn_through_180_degrees():
     """Second differences of rotation matrices: a constant turn costs next to nothing even where the
     axis-angle vector flips sign at 180 degrees; a jitter of one frame costs."""

@@ -13,7 +13,9 @@ per frame, optimised with the avatar's own losses. Here:
 with ``delta``, ``tau``, ``beta`` starting at zero, and two regularisers (:meth:`BodyRefinement.regularizer`):
 
 - a prior towards the estimate: mean squared correction, so what the images cannot tell (a hidden
-  limb, a forearm's twist) stays where the estimate put it;
+  limb, a forearm's twist) stays where the estimate put it. It is weighted per frame and joint by
+  how much of the joint's body part the frame shows (:func:`seen_share`): full on a limb behind an
+  occluder, weak on one in view, which the images can correct;
   the shape's prior is its squared norm, like a shape estimator's;
 - temporal smoothness: squared second differences of the refined joint rotations (as matrices, so a
   global orientation crossing 180 degrees is not a jump) and translations, so steady motion is free
@@ -26,12 +28,18 @@ singularities.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from smplx.lbs import batch_rodrigues
 from torch import nn
 
 from .configs import BodyRefineConfig
+
+if TYPE_CHECKING:
+    from ..render.camera import Camera
+    from .model import BodyModel
 
 
 class BodyRefinement(nn.Module):
@@ -69,6 +77,9 @@ class BodyRefinement(nn.Module):
         self.delta_pose = nn.Parameter(torch.zeros_like(poses))
         self.delta_trans = nn.Parameter(torch.zeros_like(trans))
         self.delta_betas = nn.Parameter(torch.zeros(10, dtype=torch.float32))
+        # (T, 24) share of each joint's body part that each frame shows (:func:`seen_share`); 0, the
+        # estimate's full prior, until the caller measures it
+        self.register_buffer("seen", torch.zeros(poses.shape[0], poses.shape[1] // 3))
 
     @property
     def num_frames(self) -> int:
@@ -87,7 +98,12 @@ class BodyRefinement(nn.Module):
 
     def regularizer(self, cfg: BodyRefineConfig) -> dict[str, torch.Tensor]:
         """Weighted prior and smoothness terms (scalars): body_prior, body_smooth."""
-        prior = cfg.prior_pose * self.delta_pose.square().mean() + cfg.prior_trans * self.delta_trans.square().mean()
+        # what a frame shows, its images can correct: the prior fades from its full weight on hidden
+        # parts to the 'seen' weight on parts in view
+        pose_weight = cfg.prior_pose + (cfg.prior_pose_seen - cfg.prior_pose) * self.seen  # (T, 24)
+        trans_weight = cfg.prior_trans + (cfg.prior_trans_seen - cfg.prior_trans) * self.seen.mean(1)  # (T,)
+        prior = ((pose_weight[..., None] * self.delta_pose.reshape(*self.seen.shape, 3).square()).mean()
+                 + (trans_weight[:, None] * self.delta_trans.square()).mean())
         if cfg.refine_shape:
             # the shape estimate's own prior: a shape estimator's betas are ~N(0, 1) around the mean shape
             prior = prior + cfg.prior_shape * (self.estimate_betas.mean(0) + self.delta_betas).square().mean()
@@ -128,7 +144,7 @@ class BodyRefinement(nn.Module):
         return {"names": list(self.names),
                 **{k: getattr(self, k).detach().cpu().clone()
                    for k in ("estimate_poses", "estimate_trans", "estimate_betas", "delta_pose", "delta_trans",
-                             "delta_betas")}}
+                             "delta_betas", "seen")}}
 
     @classmethod
     def from_capture(cls, captured: dict) -> "BodyRefinement":
@@ -142,8 +158,50 @@ class BodyRefinement(nn.Module):
         if list(captured["names"]) != self.names:
             raise ValueError("body refinement: the capture holds other frames than this sequence")
         with torch.no_grad():
-            for k in ("delta_pose", "delta_trans", "delta_betas"):
-                getattr(self, k).copy_(captured[k])
+            for k in ("delta_pose", "delta_trans", "delta_betas", "seen"):
+                if k in captured:  # captures from before 'seen' was measured lack it
+                    getattr(self, k).copy_(captured[k])
+
+
+@torch.no_grad()
+def seen_share(body: "BodyModel", poses: torch.Tensor, betas: torch.Tensor, trans: torch.Tensor,
+               cameras: list["Camera"], visible_masks: list[np.ndarray], reach: float = 0.08) -> torch.Tensor:
+    """How much of each joint's body part each frame shows, from the estimate and the visible mask.
+
+    A vertex counts as shown when it projects within ``reach`` (a fraction of the projected body's
+    height) of a visible person pixel: the reach absorbs the estimate's own error (a limb off by a
+    few centimetres is still in view), while a limb behind an occluder lands far from any visible
+    pixel. Each vertex belongs to the joint with its largest skinning weight.
+
+    Args:
+        poses (T, 72), betas (T, 10), trans (T, 3): the estimates; cameras: T cameras;
+        visible_masks: T bool (H, W) visible-person masks.
+
+    Returns:
+        (T, J) shares in [0, 1] (0 for a joint without vertices and in a frame without visible pixels).
+    """
+    from scipy import ndimage
+
+    owner = body.lbs_weights.argmax(1).cpu()  # (V,)
+    num_joints = body.lbs_weights.shape[1]
+    per_joint = torch.bincount(owner, minlength=num_joints).clamp_min(1).float()
+    device = body.v_template.device
+    vertices = body(*(torch.as_tensor(x, dtype=torch.float32).to(device) for x in (poses, betas, trans))).vertices.cpu()
+    rows = []
+    for verts, camera, visible in zip(vertices, cameras, visible_masks):
+        visible = np.asarray(visible, bool)
+        if not visible.any():
+            rows.append(torch.zeros(num_joints))
+            continue
+        uv, _ = camera.to("cpu").project(verts)
+        limit = reach * float(uv[:, 1].max() - uv[:, 1].min())
+        distance = torch.from_numpy(ndimage.distance_transform_edt(~visible))  # to the nearest visible pixel
+        x, y = uv[:, 0].floor().long(), uv[:, 1].floor().long()
+        inside = (x >= 0) & (x < visible.shape[1]) & (y >= 0) & (y < visible.shape[0])
+        shown = torch.zeros(len(verts))
+        shown[inside] = (distance[y[inside], x[inside]] <= limit).float()
+        rows.append(torch.bincount(owner, weights=shown, minlength=num_joints) / per_joint)
+    return torch.stack(rows)
 
 
 def rotation_error_deg(poses_a: np.ndarray, poses_b: np.ndarray, joints: slice | list | None = None) -> np.ndarray:

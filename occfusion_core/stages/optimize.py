@@ -88,14 +88,19 @@ def body_refinement_record(body, stages: str) -> dict:
     return record
 
 
-def make_body_refinement(frames, cfg: OptimizeConfig, device):
-    """A :class:`BodyRefinement` of the training frames' estimates, or None when it is off."""
-    from ..body.refine import BodyRefinement
+def make_body_refinement(frames, cfg: OptimizeConfig, device, body_model=None):
+    """A :class:`BodyRefinement` of the training frames' estimates, or None when it is off; with the
+    body model, each joint's prior is weighted by how much of its body part each frame shows."""
+    from ..body.refine import BodyRefinement, seen_share
 
     if not cfg.body_refine.enabled:
         return None
-    return BodyRefinement(torch.stack([f.poses for f in frames]), torch.stack([f.trans for f in frames]),
-                          [f.name for f in frames], torch.stack([f.betas for f in frames])).to(device)
+    poses, betas, trans = (torch.stack([getattr(f, k) for f in frames]).cpu() for k in ("poses", "betas", "trans"))
+    refinement = BodyRefinement(poses, trans, [f.name for f in frames], betas)
+    if body_model is not None:
+        refinement.seen.copy_(seen_share(body_model, poses, betas, trans, [f.camera for f in frames],
+                                         [f.visible[..., 0].cpu().numpy() for f in frames], cfg.body_refine.seen_reach))
+    return refinement.to(device)
 
 
 def optimize(data_dir, body_model_path, cfg: OptimizeConfig, out_model, out_renders, checkpoint_dir,
@@ -124,7 +129,7 @@ def optimize(data_dir, body_model_path, cfg: OptimizeConfig, out_model, out_rend
     frames = load_training_frames(seq, body_model, cfg.background, device, masks_dir)
     model = HumanGaussians(body_model, sh_degree=cfg.sh_degree, init_opacity=cfg.init_opacity,
                            pose_refiner=cfg.pose_refiner, lbs_offsets=cfg.lbs_offsets).to(device)
-    body = make_body_refinement(frames, cfg, device)
+    body = make_body_refinement(frames, cfg, device, body_model)
     optimizer = build_optimizer(model, cfg, body)
     lpips = LPIPSLoss(device) if cfg.lambda_lpips > 0 else None
     if lpips is not None and not lpips.available:
