@@ -180,7 +180,7 @@ def seen_share(body: "BodyModel", poses: torch.Tensor, betas: torch.Tensor, tran
     Returns:
         (T, J) shares in [0, 1] (0 for a joint without vertices and in a frame without visible pixels).
     """
-    from scipy import ndimage
+    from ..masks import signed_distance
 
     owner = body.lbs_weights.argmax(1).cpu()  # (V,)
     num_joints = body.lbs_weights.shape[1]
@@ -190,12 +190,10 @@ def seen_share(body: "BodyModel", poses: torch.Tensor, betas: torch.Tensor, tran
     rows = []
     for verts, camera, visible in zip(vertices, cameras, visible_masks):
         visible = np.asarray(visible, bool)
-        if not visible.any():
-            rows.append(torch.zeros(num_joints))
-            continue
         uv, _ = camera.to("cpu").project(verts)
         limit = reach * float(uv[:, 1].max() - uv[:, 1].min())
-        distance = torch.from_numpy(ndimage.distance_transform_edt(~visible))  # to the nearest visible pixel
+        # outside the mask: distance to the nearest visible pixel (inf without any); inside: negative
+        distance = torch.from_numpy(signed_distance(visible))
         x, y = uv[:, 0].floor().long(), uv[:, 1].floor().long()
         inside = (x >= 0) & (x < visible.shape[1]) & (y >= 0) & (y < visible.shape[0])
         shown = torch.zeros(len(verts))

@@ -124,8 +124,8 @@ class HumanGaussians(nn.Module):
         # The proxy body has no pose blend shapes: skip the (P, V*3) product and its gradient.
         self.has_pose_blend = bool(body.posedirs.detach().abs().max() > 0)
         body_buffer("lbs_weights", body.lbs_weights)  # (V, J)
-        # The kinematic chain is walked joint by joint in Python; keeping the parents on the CPU
-        # avoids one device sync per joint.
+        # The kinematic chain's plan (rigid_transforms) is looked up from the parents on every pose;
+        # keeping them on the CPU avoids a device sync each time.
         self.parents = body.parents.detach().to("cpu", torch.long).clone()
 
         big = torch.as_tensor(big_pose(), dtype=dtype, device=device).reshape(1, -1)
