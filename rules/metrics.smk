@@ -7,7 +7,7 @@ rule metrics:
         model=final_model,
         body=body_model_file(),
         reports=stage_reports,
-        code=core_code("stages/metrics", "stages/trained_model", "gaussians", "render"),
+        code=core_code("stages/metrics", "stages/trained_model", "body/refine", "gaussians", "render"),
     output:
         metrics=report(
             "results/{subject}/{variant}/metrics.json",

@@ -1,4 +1,4 @@
-"""Rule metrics: PSNR / SSIM / LPIPS under three protocols, each recorded beside its number."""
+"""Rule metrics: PSNR / SSIM / LPIPS under four protocols, each recorded beside its number."""
 import sys
 from pathlib import Path
 

@@ -9,7 +9,8 @@ from ..io import atomic_path, read_json
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = [("heldout_full_body", "heldout"), ("occluded_region", "occluded"), ("visible_train", "visible")]
+PROTOCOLS = [("heldout_full_body", "heldout"), ("heldout_body_fitted", "heldout_fitted"),
+             ("occluded_region", "occluded"), ("visible_train", "visible")]
 COLUMNS = ["subject", "variant", "role", "iterations"] \
     + [f"{short}_{m}" for _, short in PROTOCOLS for m in ("psnr", "ssim", "lpips")] \
     + ["gap_closed", "silhouette_iou", "hidden_covered", "gaussians", "stage1_seconds", "body_params", "methods"]
