@@ -359,10 +359,11 @@ class MetricsConfig:
     """Compute LPIPS-VGG where the lpips package and its weights are available (else null + reason)."""
     crop_to_body_box: bool = False
     """GauHuman protocol: set pixels outside the projected body box to background before scoring."""
-    heldout_body_fit_steps: int = 30
+    heldout_body_fit_steps: int = 0
     """Also score the held-out views with each frame's pose and translation first fitted to the view
     (the avatar fixed; test-time pose optimisation, ``heldout_body_fitted`` in metrics.json): this many
-    Adam steps per image; 0 skips it."""
+    Adam steps per image; 0 skips it. Off by default: about 1 s per held-out image on a CPU thread
+    at 40 steps (bench/robustness.py turns it on: 40 steps, within about 0.25 dB of 60)."""
 
 
 @dataclass

@@ -144,6 +144,11 @@ def test_summary_has_ceiling_control_gap_closed_and_matched_budgets(multi_run):
     assert not (workdir / "results" / "crate" / "unoccluded_data").exists()
     control = json.loads((workdir / "results" / "tiny" / "control" / "metrics.json").read_text())
     assert "true full masks" in control["methods"]["stage1_masks"]
+    # held-out views scored twice: with the training bodies, and with each body fitted to the view
+    fitted = control["heldout_body_fitted"]
+    assert fitted["count"] == control["heldout_full_body"]["count"] > 0
+    assert "3 Adam steps" in fitted["protocol"]["body"]
+    assert float(rows[("tiny", "control")]["heldout_fitted_psnr"]) == pytest.approx(fitted["psnr"])
     assert control["body_params"].startswith("refined per frame")
 
 

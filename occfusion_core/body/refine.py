@@ -223,7 +223,7 @@ def rotation_error_deg(poses_a: np.ndarray, poses_b: np.ndarray, joints: slice |
 
 
 def fit_pose_to_view(render, poses: torch.Tensor, trans: torch.Tensor, image: torch.Tensor, mask: torch.Tensor,
-                     steps: int, lr_pose: float = 5e-3, lr_trans: float = 2e-3,
+                     steps: int, lr_pose: float = 1e-2, lr_trans: float = 4e-3,
                      prior: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """One frame's pose and translation fitted to one image with the avatar held fixed.
 
