@@ -70,13 +70,15 @@ def summarize(metric_files: list[str], table_path, plot_path) -> list[dict]:
             writer.writeheader()
             writer.writerows(rows)
     subjects = sorted({r["subject"] for r in rows})
-    fig, axes = plt.subplots(1, len(subjects), figsize=(5.5 * len(subjects) + 1, 3.8), squeeze=False)
+    # a protocol no row was scored under (the held-out body fit is off by default) gets no bars
+    protocols = [(key, short) for key, short in PROTOCOLS if any(r[f"{short}_psnr"] is not None for r in rows)]
+    fig, axes = plt.subplots(1, len(subjects), figsize=(8.0 * len(subjects) + 1, 3.8), squeeze=False)
     for ax, subject in zip(axes[0], subjects):
         sub = [r for r in rows if r["subject"] == subject]
         width = 0.8 / max(len(sub), 1)
         for j, r in enumerate(sub):
-            vals = [r[f"{short}_psnr"] or 0.0 for _, short in PROTOCOLS]
-            xs = [k + (j - (len(sub) - 1) / 2) * width for k in range(len(PROTOCOLS))]
+            vals = [r[f"{short}_psnr"] or 0.0 for _, short in protocols]
+            xs = [k + (j - (len(sub) - 1) / 2) * width for k in range(len(protocols))]
             reference = r["role"] in ("ceiling", "control")
             label = r["variant"] + (f" ({r['role']})" if r["role"] != "method" else "")
             if r["gap_closed"] is not None and r["role"] == "method":
@@ -85,11 +87,11 @@ def summarize(metric_files: list[str], table_path, plot_path) -> list[dict]:
                           hatch="//" if r["role"] == "control" else None,
                           edgecolor=f"C{j}", color=f"C{j}", linewidth=1.2)
             ax.bar_label(bars, fmt="%.1f", fontsize=7)
-        ax.set_xticks(range(len(PROTOCOLS)), [s for _, s in PROTOCOLS])
+        ax.set_xticks(range(len(protocols)), [s for _, s in protocols])
         ax.set_ylabel("PSNR (dB)")
         iterations = sorted({r["iterations"] for r in sub if r["iterations"]})
         ax.set_title(f"{subject} ({'/'.join(map(str, iterations))} iterations)")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, not over them
     fig.tight_layout()
     with atomic_path(plot_path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
