@@ -66,6 +66,25 @@ def box_crop(x: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
     return x[y0:y1, x0:x1]
 
 
+def region_ssim_loss(rgb: torch.Tensor, image: torch.Tensor, region: torch.Tensor, box: tuple[int, int, int, int],
+                     background: torch.Tensor) -> torch.Tensor:
+    """1 - SSIM over ``box``, the map averaged over ``region``, with the render set to the background
+    outside ``region`` as ``image`` is.
+
+    An SSIM window at a pixel of the region reaches 5 pixels past it. Left as rendered, the pixels
+    outside (the hidden person) would be compared with the background that stands in the target there,
+    and pulled towards it: on the default subject this washed the hidden torso out to near white
+    (occluded-region PSNR of the true-mask control 13.9 dB, 16.6 dB with the render composited).
+
+    Args:
+        rgb: (H, W, 3) render; image: (H, W, 3) target, ``background`` outside ``region``;
+        region: (H, W, 1) bool; box: (x0, y0, x1, y1) end-exclusive; background: (3,).
+    """
+    composited = torch.where(region, rgb, background)
+    smap = ssim_map(box_crop(composited, box).permute(2, 0, 1)[None], box_crop(image, box).permute(2, 0, 1)[None])
+    return 1.0 - masked_mean(smap[0].permute(1, 2, 0), box_crop(region, box))
+
+
 class LPIPSLoss:
     """LPIPS-VGG where the ``lpips`` package and its weights load; otherwise unavailable with a reason.
 

@@ -128,3 +128,26 @@ def test_stage_methods_names_every_stage(tmp_path):
                             [tmp_path / "stage0" / "report.json", tmp_path / "stage2" / "report.json"])
     assert methods == {"stage1": "gaussian optimisation, no SDS", "stage0": "silhouette: weight-free: body",
                        "stage2": "render_fill: weight-free: render"}
+
+
+def test_region_ssim_loss_ignores_the_render_outside_its_region():
+    """The SSIM term of stages 1 and 3 compares like with like: whatever the render shows outside
+    the loss region (the hidden person) changes neither the loss nor gets a gradient, even in the
+    pixels an SSIM window at the region's edge reaches."""
+    from occfusion_core.losses import region_ssim_loss
+
+    gen = torch.Generator().manual_seed(0)
+    background = torch.ones(3)
+    region = torch.zeros(32, 32, 1, dtype=torch.bool)
+    region[:, :12] = True  # the hidden part starts at column 12, inside the windows of columns 7-11
+    image = torch.where(region, torch.rand(32, 32, 3, generator=gen), background)
+    rgb = torch.rand(32, 32, 3, generator=gen, requires_grad=True)
+    loss = region_ssim_loss(rgb, image, region, (0, 0, 32, 32), background)
+    loss.backward()
+    assert rgb.grad[:, 12:].abs().sum() == 0 and rgb.grad[:, :12].abs().sum() > 0
+    other = rgb.detach().clone()
+    other[:, 12:] = 0.0
+    assert float(region_ssim_loss(other, image, region, (0, 0, 32, 32), background)) == pytest.approx(float(loss))
+    # the render matching the target inside the region scores a perfect 0 whatever it shows outside
+    assert float(region_ssim_loss(torch.where(region, image, 0.2), image, region, (0, 0, 32, 32),
+                                  background)) == pytest.approx(0.0, abs=1e-5)

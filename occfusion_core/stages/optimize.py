@@ -25,7 +25,7 @@ import torch
 
 from ..config import OptimizeConfig, to_dict
 from ..io import atomic_dir, save_torch, write_image
-from ..losses import LPIPSLoss, box_crop, masked_mean, ssim_map
+from ..losses import LPIPSLoss, box_crop, masked_mean, region_ssim_loss
 from .checkpoint import config_digest, file_digest
 from .device import pick_device
 from .frames import TrainingFrame, load_training_frames
@@ -47,13 +47,10 @@ def stage1_losses(render, frame: TrainingFrame, cfg: OptimizeConfig, lpips: LPIP
     terms = {"l1": masked_mean((rgb - frame.image).abs(), region)}
     terms["mask"] = masked_mean((alpha - frame.target_mask) ** 2, frame.box)
     box = frame.box_xyxy
-    crop_r = box_crop(rgb, box).permute(2, 0, 1)[None]
-    crop_g = box_crop(frame.image, box).permute(2, 0, 1)[None]
-    smap = ssim_map(crop_r, crop_g)[0].permute(1, 2, 0)
-    terms["ssim"] = 1.0 - masked_mean(smap, box_crop(region, box))
+    bg = frame.image.new_tensor(cfg.background)
+    terms["ssim"] = region_ssim_loss(rgb, frame.image, region, box, bg)
     total = cfg.lambda_l1 * terms["l1"] + cfg.lambda_mask * terms["mask"] + cfg.lambda_ssim * terms["ssim"]
     if lpips is not None and lpips.available and cfg.lambda_lpips > 0:
-        bg = frame.image.new_tensor(cfg.background)
         r = torch.where(box_crop(region, box), box_crop(rgb, box), bg)
         terms["lpips"] = lpips(r, box_crop(frame.image, box))
         total = total + cfg.lambda_lpips * terms["lpips"]

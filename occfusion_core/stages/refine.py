@@ -30,7 +30,7 @@ import torch
 
 from ..config import OptimizeConfig, RefineConfig, from_dict, to_dict
 from ..io import load_torch, read_image, save_torch
-from ..losses import LPIPSLoss, box_crop, masked_mean, ssim_map
+from ..losses import LPIPSLoss, box_crop, masked_mean, region_ssim_loss
 from .checkpoint import file_digest
 from .device import pick_device
 from .frames import load_training_frames
@@ -53,13 +53,15 @@ def load_generated_frames(frames, inpainted_dir, background, device) -> dict[str
     return out
 
 
-def stage3_losses(render, frame, generated: torch.Tensor, cfg: RefineConfig, lpips: LPIPSLoss | None) -> dict:
+def stage3_losses(render, frame, generated: torch.Tensor, cfg: RefineConfig, lpips: LPIPSLoss | None,
+                  background: torch.Tensor) -> dict:
     """Loss terms of one stage-3 frame.
 
     Args:
         render: RenderOutput (rgb (H, W, 3) over the background, alpha (H, W, 1)).
         frame: the :class:`TrainingFrame` (its target_mask is the stage-0 complete mask G).
         generated: (H, W, 3) the stage-2 frame composited on the background outside G.
+        background: (3,) the training background (the input's non-person pixels).
     Returns:
         dict of scalar tensors: l1, mask, ssim (visible region only), gen_l1, gen_lpips (where
         computable), total.
@@ -77,8 +79,7 @@ def stage3_losses(render, frame, generated: torch.Tensor, cfg: RefineConfig, lpi
              "mask": masked_mean((alpha - frame.target_mask) ** 2, frame.box)}
     total = cfg.lambda_l1 * terms["l1"] + cfg.lambda_mask * terms["mask"]
     if cfg.lambda_ssim > 0:
-        smap = ssim_map(box_crop(rgb, box).permute(2, 0, 1)[None], box_crop(frame.image, box).permute(2, 0, 1)[None])
-        terms["ssim"] = 1.0 - masked_mean(smap[0].permute(1, 2, 0), box_crop(region, box))
+        terms["ssim"] = region_ssim_loss(rgb, frame.image, region, box, background)
         total = total + cfg.lambda_ssim * terms["ssim"]
     if cfg.gen_region == "box":  # released: the whole box crop, visible pixels included
         terms["gen_l1"] = (box_crop(rgb, box) - box_crop(generated, box)).abs().mean()
@@ -126,7 +127,7 @@ def refine(data_dir, body_model_path, stage1_model, complete_masks_dir, inpainte
     background = torch.tensor(stage1_cfg.background, device=device)
 
     def loss_fn(render, frame, iteration):
-        return stage3_losses(render, frame, generated[frame.name], cfg, lpips)
+        return stage3_losses(render, frame, generated[frame.name], cfg, lpips, background)
 
     first = int(saved["iteration"]) + 1
     # the stage-1 loss scale again: the Adam moments carried over from stage 1 were accumulated under
