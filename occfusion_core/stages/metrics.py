@@ -100,26 +100,17 @@ def _fitted_view(renderer, params: dict, index: int, camera, image: np.ndarray, 
     """(H, W, 3) render of training frame ``index`` from ``camera`` after fitting its pose and
     translation to ``image`` (:func:`occfusion_core.body.refine.fit_pose_to_view`)."""
     from ..body.refine import fit_pose_to_view
-    from ..gaussians.rendering import render_gaussians
 
-    model, dev = renderer.model, renderer.background.device
-    betas, camera = params["betas"][index].to(dev), camera.to(dev)
+    dev = renderer.background.device
+    betas = params["betas"][index]
 
     def render(poses, trans):
-        out = render_gaussians(model.deform(poses, betas, trans), camera, renderer.background, renderer.backend,
-                               renderer.view_frame)
+        out = renderer.render(poses, betas, trans, camera)
         return out.rgb, out.alpha[..., 0]
 
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
-        poses, trans = fit_pose_to_view(render, params["poses"][index].to(dev), params["trans"][index].to(dev),
-                                        torch.as_tensor(image, dtype=torch.float32, device=dev),
-                                        torch.as_tensor(mask, dtype=torch.float32, device=dev), steps)
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
+    poses, trans = fit_pose_to_view(render, params["poses"][index].to(dev), params["trans"][index].to(dev),
+                                    torch.as_tensor(image, dtype=torch.float32, device=dev),
+                                    torch.as_tensor(mask, dtype=torch.float32, device=dev), steps)
     return renderer.image(poses, betas, trans, camera)
 
 

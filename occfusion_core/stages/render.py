@@ -38,14 +38,19 @@ class AvatarRenderer:
         self.model, self.backend, self.view_frame = model, backend, view_frame
         self.background = torch.as_tensor(background, dtype=torch.float32, device=model.xyz.device)
 
-    @torch.no_grad()
-    def __call__(self, poses, betas, trans, camera):
-        """-> RenderOutput for body parameters poses (72,), betas (10,), trans (3,) and a Camera."""
+    def render(self, poses, betas, trans, camera):
+        """-> RenderOutput for body parameters poses (72,), betas (10,), trans (3,) and a Camera,
+        differentiable in the body parameters (the held-out body fit of the metrics)."""
         from ..gaussians.rendering import render_gaussians
 
         dev = self.background.device
         d = self.model.deform(poses.to(dev), betas.to(dev), trans.to(dev))
         return render_gaussians(d, camera.to(dev), self.background, self.backend, self.view_frame)
+
+    @torch.no_grad()
+    def __call__(self, poses, betas, trans, camera):
+        """:meth:`render` without gradients."""
+        return self.render(poses, betas, trans, camera)
 
     def image(self, poses, betas, trans, camera) -> np.ndarray:
         """(H, W, 3) float RGB in [0, 1]."""

@@ -43,6 +43,9 @@ def load_trained_model(model_path, body, device):
     saved = load_torch(model_path, map_location=str(device))
     model = HumanGaussians.from_capture(body, saved["model"]).to(device)
     model.eval()
+    # only rendered from here on: no gradient reaches the Gaussians (the held-out body fit of the
+    # metrics differentiates through them to the body parameters alone)
+    model.requires_grad_(False)
     # The skinning-offset decoder sees only the canonical centres, which no longer change: run it
     # once (fresh, not the checkpoint's cached offsets) and reuse it for every pose. Same images;
     # measured per frame on one CPU thread: deform 24 -> 3 ms at 3.4k Gaussians, 215 -> 14 ms at 30k.
